@@ -1,0 +1,37 @@
+# One way to set up and run: `make demo` and `make test` create .venv when it is
+# missing, install what the project needs, then run. A stamp file makes the second
+# call skip the install unless pyproject.toml changed.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# The CPU build of torch lies on this machine's disk; a bare `torch` would pull a
+# multi-gigabyte CUDA build, so it is pinned here and installed first.
+TORCH_PIN := torch==2.13.0
+
+.PHONY: install demo test lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(TORCH_PIN)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev]" $(TORCH_PIN)
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/deepdoctor demo
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
+	$(BIN)/mypy src/deepdoctor
+
+bench: install
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,547 @@
+"""Probe: hooks that measure a model while it trains and write scalars into a Trace.
+
+The Probe observes and never changes training: every hook reads detached tensors under
+``torch.no_grad()`` and returns nothing, so with and without it the same seed gives the same
+weights, bit for bit (``tests/test_probe.py`` checks this).
+
+How it knows a step ended
+-------------------------
+A step ends when the optimizer steps. The Probe registers ``register_step_pre_hook`` /
+``register_step_post_hook`` on the optimizer you pass, or, when you pass none, the global
+optimizer-step hooks of ``torch.optim``, filtered to optimizers that own this model's
+parameters. Gradients are read just before the update and weights just after it. A loop that
+updates weights by hand calls ``probe.end_step()`` after its update instead.
+
+The loss is not visible to module hooks: call ``probe.record_loss(loss)`` once per step
+(before or after ``optimizer.step()``); without it the loss detectors have nothing to read.
+
+What is recorded, and when
+--------------------------
+Every step: the weight- and bias-gradient norms and the weight norm of every module that owns
+trainable parameters (one fused ``torch._foreach_norm`` call, one host sync).
+
+Every ``every``-th step (default 16, and always step 0): statistics of activations, outputs,
+inputs, and the update-to-weight ratio. These need a pass over every activation tensor or a
+copy of the weights, so sampling keeps the overhead small; ``every=1`` records them all.
+
+Activation statistics come from activation *modules* (``nn.ReLU``, ``nn.Sigmoid`` ...);
+activations applied functionally (``F.relu``) are not seen, though the output scale of every
+parameterised layer still is. The rules:
+
+- dead (ReLU, ReLU6): a unit is dead on a step when its output is exactly zero for every
+  example in the batch (and every position, for convolutions and sequences). A unit is a
+  channel after a convolution and a feature elsewhere.
+- saturated (sigmoid, tanh, hardtanh-like): the fraction of outputs within 1% of the
+  activation's bounds, i.e. sigmoid outside (0.01, 0.99), |pre-activation| > 4.6, and tanh
+  with |output| > 0.99, |pre-activation| > 2.65. There the local slope is below 1% of its
+  peak, so the gradient through the unit is all but gone.
+Statistics that do not apply to an activation are NaN.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim import optimizer as _optimizer_module
+
+from .trace import Trace
+
+DEFAULT_EVERY = 16  # sample the costly statistics every 16th step: below 5% overhead
+
+# Activation module class -> the name deepdoctor uses for it.
+ACTIVATION_KINDS: dict[type[nn.Module], str] = {
+    nn.Sigmoid: "sigmoid",
+    nn.Tanh: "tanh",
+    nn.ReLU: "relu",
+    nn.ReLU6: "relu6",
+    nn.LeakyReLU: "leaky_relu",
+    nn.PReLU: "prelu",
+    nn.ELU: "elu",
+    nn.SELU: "selu",
+    nn.CELU: "celu",
+    nn.SiLU: "silu",
+    nn.GELU: "gelu",
+    nn.Softplus: "softplus",
+    nn.Hardtanh: "hardtanh",
+    nn.Hardsigmoid: "hardsigmoid",
+    nn.Mish: "mish",
+}
+DYING_ACTIVATIONS = {"relu", "relu6"}  # exactly zero gradient for every negative input
+# Saturating activations: (lower bound, upper bound) of the output.
+SATURATING_BOUNDS = {"sigmoid": (0.0, 1.0), "tanh": (-1.0, 1.0), "hardsigmoid": (0.0, 1.0),
+                     "hardtanh": (-1.0, 1.0)}
+SATURATION_MARGIN = 0.01  # within 1% of the output range from a bound counts as saturated
+
+CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+              nn.ConvTranspose3d)
+ROOT_NAME = "(model)"
+
+
+def activation_kind(module: nn.Module) -> str | None:
+    for cls, kind in ACTIVATION_KINDS.items():
+        if isinstance(module, cls):
+            return kind
+    return None
+
+
+def parameter_layers(model: nn.Module) -> tuple[dict[str, nn.Module], list[str]]:
+    """Modules that own trainable parameters directly, by module path; and frozen params.
+
+    Raises a ValueError when the model has no trainable parameter at all.
+    """
+    layers: dict[str, nn.Module] = {}
+    frozen: list[str] = []
+    for name, module in model.named_modules():
+        own = list(module.named_parameters(recurse=False))
+        if not own:
+            continue
+        trainable = [p for _, p in own if p.requires_grad]
+        frozen += [f"{name}.{pname}" if name else pname for pname, p in own if not p.requires_grad]
+        if trainable:
+            layers[name or ROOT_NAME] = module
+    if not layers:
+        if frozen:
+            raise ValueError(
+                f"every parameter of this model is frozen ({len(frozen)} tensors with "
+                "requires_grad=False); unfreeze the ones you want to train"
+            )
+        raise ValueError(
+            "this model has no parameters, so there is nothing to train or diagnose; "
+            "pass a model built from layers with weights (nn.Linear, nn.Conv2d, ...)"
+        )
+    return layers, frozen
+
+
+def _is_bias(name: str) -> bool:
+    return "bias" in name
+
+
+class Probe:
+    """Record per-layer statistics of ``model`` into ``probe.trace`` while it trains.
+
+    Use it as a context manager around your own loop::
+
+        with dd.Probe(model) as probe:
+            for x, y in loader:
+                loss = loss_fn(model(x), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()              # the Probe sees the step end here
+                probe.record_loss(loss)
+        findings = dd.detect(probe.trace)
+
+    Leaving the ``with`` block removes every hook.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        every: int = DEFAULT_EVERY,
+        activations: bool = True,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"Probe needs an nn.Module, got {type(model).__name__}")
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be a whole number >= 1, got {every!r}")
+        self.model = model
+        self.optimizer = optimizer
+        self.every = every
+        self.activations = activations
+        self._layers, frozen = parameter_layers(model)
+        self._acts: dict[str, tuple[nn.Module, str]] = {}
+        for name, module in model.named_modules():
+            kind = activation_kind(module)
+            if kind is not None:
+                self._acts[name or ROOT_NAME] = (module, kind)
+        self._layer_params: dict[str, list[tuple[str, nn.Parameter]]] = {
+            lname: [(n, p) for n, p in m.named_parameters(recurse=False) if p.requires_grad]
+            for lname, m in self._layers.items()
+        }
+        self._param_ids = {id(p) for ps in self._layer_params.values() for _, p in ps}
+        self.trace = Trace(
+            list(self._layers),
+            {n: type(m).__name__ for n, m in self._layers.items()},
+            list(self._acts),
+            {n: kind for n, (_, kind) in self._acts.items()},
+            {n: None for n in self._acts},
+            {"frozen_parameters": frozen, "every": every},
+        )
+        self._handles: list[Any] = []
+        self._step = 0
+        self._forward_in_step = False
+        self._order_fixed = False
+        self._forward_order: list[str] = []
+        self._act_order: list[str] = []
+        self._last_layer_run: str | None = None
+        self._pending: dict[str, dict[str, float]] = {}
+        self._pending_loss: float | None = None
+        self._grad_row: dict[str, list[float]] | None = None
+        self._snapshot: list[torch.Tensor] | None = None
+        self._lr: float = math.nan
+        self._grads_nonfinite = False
+        self._sample_forward = False
+        self._active = False
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def __enter__(self) -> Probe:
+        self.attach()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.detach()
+
+    def attach(self) -> None:
+        if self._active:
+            return
+        h = self._handles
+        h.append(self.model.register_forward_pre_hook(self._on_root_forward))
+        for lname, module in self._layers.items():
+            h.append(module.register_forward_hook(self._make_layer_hook(lname)))
+        if self.activations:
+            for aname, (module, kind) in self._acts.items():
+                h.append(module.register_forward_hook(self._make_act_hook(aname, kind)))
+        if self.optimizer is not None:
+            h.append(self.optimizer.register_step_pre_hook(self._on_step_pre))
+            h.append(self.optimizer.register_step_post_hook(self._on_step_post))
+        else:
+            ref = weakref.ref(self)
+
+            def pre(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+                probe = ref()
+                if probe is not None and probe._owns(opt):
+                    probe._on_step_pre(opt, args, kwargs)
+
+            def post(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+                probe = ref()
+                if probe is not None and probe._owns(opt):
+                    probe._on_step_post(opt, args, kwargs)
+
+            h.append(_optimizer_module.register_optimizer_step_pre_hook(pre))
+            h.append(_optimizer_module.register_optimizer_step_post_hook(post))
+        self._active = True
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._active = False
+
+    def _owns(self, opt: torch.optim.Optimizer) -> bool:
+        return any(id(p) in self._param_ids for g in opt.param_groups for p in g["params"])
+
+    # -- what the user (or the training loop) tells the probe ----------------------------
+
+    @property
+    def step(self) -> int:
+        """Number of steps recorded so far."""
+        return self._step
+
+    @property
+    def sampling(self) -> bool:
+        """True on steps where the costly statistics are recorded."""
+        return self._step % self.every == 0
+
+    def record_loss(self, loss: torch.Tensor | float) -> None:
+        """Tell the probe this step's training loss.
+
+        Called after ``optimizer.step()`` with no forward since, it belongs to the step just
+        recorded; otherwise to the step in progress.
+        """
+        value = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
+        if not self._forward_in_step and self.trace.n_steps > 0:
+            self._set_last("loss", value)
+            self._set_last("nonfinite_loss", float(not math.isfinite(value)))
+        else:
+            self._pending_loss = value
+
+    def record_eval(self, step: int | None = None, **metrics: float) -> None:
+        """Record evaluation metrics (train_loss, train_accuracy, val_loss, val_accuracy)."""
+        unknown = set(metrics) - set(self.trace.evals.stats)
+        if unknown:
+            raise ValueError(
+                f"unknown eval metrics {sorted(unknown)}; use {', '.join(self.trace.evals.stats)}"
+            )
+        self.trace.evals.append(
+            self._step if step is None else step, {k: [v] for k, v in metrics.items()}
+        )
+
+    def end_step(self) -> None:
+        """Close the current step by hand (for loops that do not call a torch optimizer)."""
+        if self._grad_row is None:
+            self._grad_row = self._read_grads()
+        self._finish_step()
+
+    def _set_last(self, stat: str, value: float) -> None:
+        self.trace.steps.rows[stat][-1][0] = value
+
+    # -- hooks ---------------------------------------------------------------------------
+
+    def _recording_forward(self, module: nn.Module) -> bool:
+        # Evaluation passes (no grad, or eval mode) are not training steps.
+        return torch.is_grad_enabled() and self.model.training
+
+    def _on_root_forward(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        if not self._recording_forward(module):
+            return
+        first = not self._forward_in_step
+        self._forward_in_step = True
+        self._sample_forward = first and self.sampling
+        if self._sample_forward and args and isinstance(args[0], torch.Tensor):
+            self._record_input(args[0])
+
+    def _make_layer_hook(self, lname: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            if not (self._forward_in_step and self._sample_forward):
+                return
+            self._last_layer_run = lname
+            if lname not in self._forward_order:
+                self._forward_order.append(lname)
+            out = output[0] if isinstance(output, tuple | list) else output
+            if not isinstance(out, torch.Tensor) or not out.is_floating_point():
+                return
+            with torch.no_grad():
+                x = out.detach().float()
+                stats = torch.stack([x.mean(), x.std() if x.numel() > 1 else x.new_zeros(())])
+                mean, std = stats.tolist()
+            self._pending.setdefault("outputs", {})[lname] = (mean, std)  # type: ignore[assignment]
+
+        return hook
+
+    def _make_act_hook(self, aname: str, kind: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            if not (self._forward_in_step and self._sample_forward):
+                return
+            if not isinstance(output, torch.Tensor):
+                return
+            if aname not in self._act_order:
+                self._act_order.append(aname)
+                src = self._last_layer_run
+                self.trace.act_sources[aname] = src
+            src = self.trace.act_sources.get(aname)
+            conv_like = src is not None and isinstance(self._layers.get(src), CONV_TYPES)
+            self._pending.setdefault("acts", {})[aname] = _activation_stats(  # type: ignore[assignment]
+                output, kind, conv_like
+            )
+
+        return hook
+
+    def _record_input(self, x: torch.Tensor) -> None:
+        if not x.is_floating_point() or x.dim() < 2 or x.shape[0] < 2:
+            return
+        with torch.no_grad():
+            x = x.detach().float()
+            flat = x.reshape(x.shape[0], -1) if x.dim() == 2 else x.transpose(0, 1).reshape(
+                x.shape[1], -1).T
+            fmean = flat.mean(0)
+            fstd = flat.std(0)
+            vals = torch.stack([x.mean(), x.std(), fmean.abs().max(), fstd.max(), fstd.min()])
+        self.trace.inputs.append(self._step, {
+            s: [v] for s, v in zip(self.trace.inputs.stats, vals.tolist(), strict=True)
+        })
+
+    def _on_step_pre(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self._grad_row = self._read_grads()
+        try:
+            self._lr = float(opt.param_groups[0]["lr"])
+        except (KeyError, IndexError, TypeError, ValueError):
+            self._lr = math.nan
+        if self.sampling:
+            with torch.no_grad():
+                self._snapshot = [p.detach().clone() for ps in self._layer_params.values()
+                                  for _, p in ps]
+
+    def _on_step_post(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if self._snapshot is not None:
+            self._pending["updates"] = self._update_ratios(self._snapshot)  # type: ignore[assignment]
+            self._snapshot = None
+        self._finish_step()
+
+    # -- measurement ---------------------------------------------------------------------
+
+    def _read_grads(self) -> dict[str, list[float]]:
+        """Per-layer weight-gradient, bias-gradient and weight norms, with one host sync."""
+        w_grads, w_index, b_grads, b_index, params = [], [], [], [], []
+        for i, ps in enumerate(self._layer_params.values()):
+            for pname, p in ps:
+                params.append(p.detach())
+                if p.grad is None:
+                    continue
+                if _is_bias(pname):
+                    b_grads.append(p.grad.detach())
+                    b_index.append(i)
+                else:
+                    w_grads.append(p.grad.detach())
+                    w_index.append(i)
+        with torch.no_grad():
+            norms = torch._foreach_norm(w_grads + b_grads + params) if params else []
+            values = torch.stack([n.float() for n in norms]).tolist() if norms else []
+        n = len(self._layer_params)
+        w_sq = [math.nan] * n
+        b_sq = [math.nan] * n
+        for idx, v in zip(w_index, values[: len(w_grads)], strict=True):
+            w_sq[idx] = v * v if math.isnan(w_sq[idx]) else w_sq[idx] + v * v
+        off = len(w_grads)
+        for idx, v in zip(b_index, values[off : off + len(b_grads)], strict=True):
+            b_sq[idx] = v * v if math.isnan(b_sq[idx]) else b_sq[idx] + v * v
+        self._grads_nonfinite = any(not math.isfinite(v) for v in values[: off + len(b_grads)])
+        weight_sq = [0.0] * n
+        k = 0
+        for i, ps in enumerate(self._layer_params.values()):
+            for _ in ps:
+                weight_sq[i] += values[off + len(b_grads) + k] ** 2
+                k += 1
+        return {
+            "grad_norm_weight": [math.sqrt(v) for v in w_sq],
+            "grad_norm_bias": [math.sqrt(v) for v in b_sq],
+            "weight_norm": [math.sqrt(v) for v in weight_sq],
+        }
+
+    def _update_ratios(self, before: list[torch.Tensor]) -> dict[str, float]:
+        with torch.no_grad():
+            after = [p.detach() for ps in self._layer_params.values() for _, p in ps]
+            diffs = torch._foreach_sub(after, before)
+            d = torch.stack([t.float() for t in torch._foreach_norm(diffs)]).tolist()
+            w = torch.stack([t.float() for t in torch._foreach_norm(before)]).tolist()
+        out: dict[str, float] = {}
+        k = 0
+        for lname, ps in self._layer_params.items():
+            dsq = sum(d[k + j] ** 2 for j in range(len(ps)))
+            wsq = sum(w[k + j] ** 2 for j in range(len(ps)))
+            k += len(ps)
+            out[lname] = math.sqrt(dsq) / math.sqrt(wsq) if wsq > 0 else math.nan
+        return out
+
+    def _fix_layer_order(self) -> None:
+        """Put layers in the order the forward pass ran them (once, before the first row)."""
+        if self._order_fixed:
+            return
+        self._order_fixed = True
+        if not self._forward_order:
+            return
+        registered = list(self._layers)
+        ordered = list(self._forward_order)
+        # A layer the forward did not call as a module (e.g. attention's out_proj, used
+        # functionally) goes right after the nearest earlier registered layer.
+        for i, name in enumerate(registered):
+            if name in ordered:
+                continue
+            prev = next((registered[j] for j in range(i - 1, -1, -1) if registered[j] in ordered),
+                        None)
+            ordered.insert(ordered.index(prev) + 1 if prev else 0, name)
+        perm = [registered.index(n) for n in ordered]
+        self._layers = {n: self._layers[n] for n in ordered}
+        self._layer_params = {n: self._layer_params[n] for n in ordered}
+        self._grad_row = (
+            {k: [v[i] for i in perm] for k, v in self._grad_row.items()}
+            if self._grad_row is not None else None
+        )
+        acts = self._act_order + [a for a in self._acts if a not in self._act_order]
+        t = self.trace
+        t.layers = ordered
+        t.act_layers = acts
+        for table in (t.layer, t.outputs, t.updates):
+            table.names = ordered
+        t.acts.names = acts
+
+    def _finish_step(self) -> None:
+        self._fix_layer_order()
+        t = self.trace
+        row = self._grad_row or {}
+        loss = self._pending_loss if self._pending_loss is not None else math.nan
+        grads = row.get("grad_norm_weight", []) + row.get("grad_norm_bias", [])
+        present = [g for g in grads if not math.isnan(g)]
+        total = math.sqrt(sum(g * g for g in present)) if present else math.nan
+        t.steps.append(self._step, {
+            "loss": [loss],
+            "lr": [self._lr],
+            "grad_norm_total": [total],
+            "nonfinite_loss": [float(self._pending_loss is not None and not math.isfinite(loss))],
+            "nonfinite_grad": [float(self._grads_nonfinite)],
+            "nonfinite_weight": [float(any(not math.isfinite(w)
+                                           for w in row.get("weight_norm", [])))],
+        })
+        t.layer.append(self._step, row)
+        if "outputs" in self._pending:
+            outs: dict[str, tuple[float, float]] = self._pending["outputs"]  # type: ignore[assignment]
+            t.outputs.append(self._step, {
+                "out_mean": [outs.get(n, (math.nan, math.nan))[0] for n in t.layers],
+                "out_std": [outs.get(n, (math.nan, math.nan))[1] for n in t.layers],
+            })
+        if "updates" in self._pending:
+            ups = self._pending["updates"]
+            t.updates.append(self._step, {"update_ratio": [ups.get(n, math.nan) for n in t.layers]})
+        if "acts" in self._pending:
+            acts: dict[str, dict[str, float]] = self._pending["acts"]  # type: ignore[assignment]
+            t.acts.append(self._step, {
+                s: [acts.get(a, {}).get(s, math.nan) for a in t.act_layers] for s in t.acts.stats
+            })
+        self._pending = {}
+        self._pending_loss = None
+        self._grad_row = None
+        self._grads_nonfinite = False
+        self._forward_in_step = False
+        self._sample_forward = False
+        self._step += 1
+
+    def locate_nonfinite(self, *inputs: Any) -> dict[str, Any]:
+        """Run one forward pass and name the first module whose output is NaN or Inf.
+
+        Used when the loss turns non-finite, to say where it started. Does not record a step.
+        """
+        order: list[tuple[str, bool]] = []
+        handles = []
+        for name, module in self.model.named_modules():
+            def hook(m: nn.Module, a: Any, out: Any, name: str = name) -> None:
+                o = out[0] if isinstance(out, tuple | list) else out
+                if isinstance(o, torch.Tensor) and o.is_floating_point():
+                    order.append((name or ROOT_NAME, bool(torch.isfinite(o).all())))
+            handles.append(module.register_forward_hook(hook))
+        try:
+            with torch.no_grad():
+                self.model(*inputs)
+        finally:
+            for hdl in handles:
+                hdl.remove()
+        first_bad = next((n for n, ok in order if not ok), None)
+        weights_bad = [
+            n for n, ps in self._layer_params.items()
+            if any(not bool(torch.isfinite(p).all()) for _, p in ps)
+        ]
+        return {"first_nonfinite_module": first_bad, "nonfinite_weights": weights_bad}
+
+
+def _activation_stats(output: torch.Tensor, kind: str, conv_like: bool) -> dict[str, float]:
+    with torch.no_grad():
+        x = output.detach().float()
+        parts = [x.mean(), x.std() if x.numel() > 1 else x.new_zeros(())]
+        dead = sat = None
+        if kind in DYING_ACTIVATIONS and x.dim() >= 2:
+            unit = 1 if conv_like else x.dim() - 1
+            alive = (x != 0).movedim(unit, 0).reshape(x.shape[unit], -1).any(dim=1)
+            dead = 1.0 - alive.float().mean()
+            parts.append(dead)
+        if kind in SATURATING_BOUNDS:
+            lo, hi = SATURATING_BOUNDS[kind]
+            margin = SATURATION_MARGIN * (hi - lo)
+            sat = ((x < lo + margin) | (x > hi - margin)).float().mean()
+            parts.append(sat)
+        parts.append((~torch.isfinite(x)).any().float())
+        values = torch.stack(parts).tolist()
+    out = {"act_mean": values[0], "act_std": values[1], "dead_frac": math.nan,
+           "saturated_frac": math.nan}
+    i = 2
+    if dead is not None:
+        out["dead_frac"] = values[i]
+        i += 1
+    if sat is not None:
+        out["saturated_frac"] = values[i]
+        i += 1
+    out["nonfinite"] = values[i]
+    return out

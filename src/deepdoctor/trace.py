@@ -1,0 +1,230 @@
+"""Trace: what a Probe saw, as columns of scalars per step and per layer.
+
+A Trace never holds a tensor. Each table has a fixed list of column names (layers) and
+grows by one row of floats per recorded step, so memory is
+``steps x layers x statistics x 8 bytes`` however large the model is.
+
+Tables (the column names of each are ``Trace.layers`` or ``Trace.act_layers``):
+
+========== ============= ===================================================================
+table      recorded      statistics
+========== ============= ===================================================================
+steps      every step    loss, lr, grad_norm_total, nonfinite_loss, nonfinite_grad,
+                         nonfinite_weight (one value per step, no layer axis)
+layers     every step    grad_norm_weight, grad_norm_bias, weight_norm
+outputs    sampled       out_mean, out_std of every parameterised layer's output
+updates    sampled       update_ratio = ||w_after - w_before|| / ||w_before||
+acts       sampled       act_mean, act_std, dead_frac, saturated_frac, nonfinite
+inputs     sampled       mean, std, feature_mean_absmax, feature_std_max, feature_std_min
+evals      when told     train_loss, train_accuracy, val_loss, val_accuracy
+========== ============= ===================================================================
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Table:
+    """Rows of floats, one row per recorded step, one column per name (layer)."""
+
+    names: list[str]
+    stats: list[str]
+    steps: list[int] = field(default_factory=list)
+    rows: dict[str, list[list[float]]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for stat in self.stats:
+            self.rows.setdefault(stat, [])
+
+    def append(self, step: int, values: dict[str, list[float]]) -> None:
+        for stat in self.stats:
+            row = values.get(stat)
+            if row is None:
+                row = [math.nan] * len(self.names)
+            if len(row) != len(self.names):
+                raise ValueError(f"row for {stat!r} has {len(row)} values, expected {len(self.names)}")
+            self.rows[stat].append([float(v) for v in row])
+        self.steps.append(int(step))
+
+    def array(self, stat: str) -> np.ndarray:
+        """The statistic as a (recorded steps, names) float64 array."""
+        if stat not in self.rows:
+            raise KeyError(f"no statistic {stat!r}; this table has: {', '.join(self.stats)}")
+        return np.asarray(self.rows[stat], dtype=np.float64).reshape(len(self.steps), len(self.names))
+
+    def step_array(self) -> np.ndarray:
+        return np.asarray(self.steps, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+
+STEP_STATS = [
+    "loss",
+    "lr",
+    "grad_norm_total",
+    "nonfinite_loss",
+    "nonfinite_grad",
+    "nonfinite_weight",
+]
+LAYER_STATS = ["grad_norm_weight", "grad_norm_bias", "weight_norm"]
+OUTPUT_STATS = ["out_mean", "out_std"]
+UPDATE_STATS = ["update_ratio"]
+ACT_STATS = ["act_mean", "act_std", "dead_frac", "saturated_frac", "nonfinite"]
+INPUT_STATS = ["mean", "std", "feature_mean_absmax", "feature_std_max", "feature_std_min"]
+EVAL_STATS = ["train_loss", "train_accuracy", "val_loss", "val_accuracy"]
+
+
+class Trace:
+    """Per-step, per-layer scalars recorded by a Probe (or built by hand in a test).
+
+    ``layers``: modules that own trainable parameters, in forward order.
+    ``layer_types``: the class name of each (``Linear``, ``Conv2d``, ``LSTM`` ...).
+    ``act_layers``: activation modules (ReLU, Sigmoid, ...), in forward order.
+    ``act_kinds``: their activation (``relu``, ``sigmoid`` ...).
+    ``act_sources``: for each activation module, the parameterised layer that fed it.
+    ``meta``: free-form JSON-ready facts (frozen parameters, class counts, task ...).
+    """
+
+    def __init__(
+        self,
+        layers: list[str],
+        layer_types: dict[str, str],
+        act_layers: list[str] | None = None,
+        act_kinds: dict[str, str] | None = None,
+        act_sources: dict[str, str | None] | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        self.layers = list(layers)
+        self.layer_types = dict(layer_types)
+        self.act_layers = list(act_layers or [])
+        self.act_kinds = dict(act_kinds or {})
+        self.act_sources = dict(act_sources or {})
+        self.meta: dict[str, Any] = dict(meta or {})
+        self.steps = Table(["(model)"], STEP_STATS)
+        self.layer = Table(self.layers, LAYER_STATS)
+        self.outputs = Table(self.layers, OUTPUT_STATS)
+        self.updates = Table(self.layers, UPDATE_STATS)
+        self.acts = Table(self.act_layers, ACT_STATS)
+        self.inputs = Table(["(input)"], INPUT_STATS)
+        self.evals = Table(["(model)"], EVAL_STATS)
+
+    # -- reading -------------------------------------------------------------------------
+
+    def tables(self) -> dict[str, Table]:
+        return {
+            "steps": self.steps,
+            "layers": self.layer,
+            "outputs": self.outputs,
+            "updates": self.updates,
+            "acts": self.acts,
+            "inputs": self.inputs,
+            "evals": self.evals,
+        }
+
+    @property
+    def n_steps(self) -> int:
+        return len(self.steps)
+
+    def loss(self) -> np.ndarray:
+        """The training loss per recorded step (NaN where it was not recorded)."""
+        return self.steps.array("loss")[:, 0]
+
+    def grad_norms(self) -> np.ndarray:
+        """Weight-gradient norm, (steps, layers)."""
+        return self.layer.array("grad_norm_weight")
+
+    def learning_speed(self) -> np.ndarray:
+        """Bias-gradient norm per layer, (steps, layers): Nielsen's "speed of learning".
+
+        Layers without a bias fall back to their weight-gradient norm so that every layer
+        has a speed.
+        """
+        bias = self.layer.array("grad_norm_bias")
+        weight = self.layer.array("grad_norm_weight")
+        return np.where(np.isnan(bias), weight, bias)
+
+    def eval_metric(self, stat: str) -> tuple[np.ndarray, np.ndarray]:
+        return self.evals.step_array(), self.evals.array(stat)[:, 0]
+
+    # -- saving --------------------------------------------------------------------------
+
+    def _header(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "layers": self.layers,
+            "layer_types": self.layer_types,
+            "act_layers": self.act_layers,
+            "act_kinds": self.act_kinds,
+            "act_sources": self.act_sources,
+            "meta": self.meta,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write the trace to ``path`` (a ``.npz`` file); ``Trace.load`` reads it back exactly."""
+        path = Path(path)
+        if path.suffix != ".npz":
+            path = path.with_suffix(".npz")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arrays: dict[str, np.ndarray] = {"header": np.asarray(json.dumps(self._header()))}
+        for tname, table in self.tables().items():
+            arrays[f"{tname}/steps"] = table.step_array()
+            for stat in table.stats:
+                arrays[f"{tname}/{stat}"] = table.array(stat)
+        np.savez_compressed(path, **arrays)  # type: ignore[arg-type]
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Trace:
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"no trace at {path}; save one with Trace.save(path)")
+        with np.load(path, allow_pickle=False) as data:
+            header = json.loads(str(data["header"]))
+            if header.get("format_version") != FORMAT_VERSION:
+                raise ValueError(
+                    f"{path} has trace format {header.get('format_version')}, this deepdoctor "
+                    f"reads format {FORMAT_VERSION}"
+                )
+            trace = cls(
+                header["layers"],
+                header["layer_types"],
+                header["act_layers"],
+                header["act_kinds"],
+                header["act_sources"],
+                header["meta"],
+            )
+            for tname, table in trace.tables().items():
+                table.steps = [int(s) for s in data[f"{tname}/steps"]]
+                for stat in table.stats:
+                    table.rows[stat] = data[f"{tname}/{stat}"].tolist()
+        return trace
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (NaN becomes None)."""
+
+        def clean(rows: list[list[float]]) -> list[list[float | None]]:
+            return [[v if math.isfinite(v) else None for v in row] for row in rows]
+
+        out = self._header()
+        out["tables"] = {
+            tname: {"steps": list(t.steps), **{s: clean(t.rows[s]) for s in t.stats}}
+            for tname, t in self.tables().items()
+        }
+        return out
+
+    def __repr__(self) -> str:
+        return (
+            f"Trace({self.n_steps} steps, {len(self.layers)} layers, "
+            f"{len(self.act_layers)} activation modules)"
+        )

@@ -1,0 +1,497 @@
+"""The one deterministic training loop that diagnose, treat, the lab and the demo all use.
+
+Same seed, same data, same model weights in -> same weights out, bit for bit: the global
+torch RNG is seeded with ``seed`` (dropout), and the data order comes from its own generator
+seeded with ``seed``. A non-finite loss stops the run cleanly (``History.stopped ==
+"nonfinite_loss"``) before it can poison the weights; Ctrl-C stops it cleanly too
+(``"interrupted"``) and keeps everything recorded so far.
+
+Callbacks are objects with any of the methods ``on_train_start(state)``,
+``on_after_backward(state)``, ``on_step_end(state)``, ``on_eval(state, metrics)`` and
+``on_train_end(state)``; ``state.stop = "reason"`` asks the loop to stop after this step.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._checks import check_choice, check_int, check_number
+from ._progress import progress_bar
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+TensorData = tuple[torch.Tensor, torch.Tensor]
+OptimizerSpec = torch.optim.Optimizer | Callable[..., torch.optim.Optimizer] | None
+
+DEFAULT_LR = 0.1  # plain SGD's customary starting point for standardised inputs
+TRAIN_EVAL_SAMPLES = 2048  # the train metrics are measured on a fixed sample of this size
+EVAL_CHUNK = 1024
+SCHEDULES = ("constant", "step", "cosine", "warmup", "warmup_cosine")
+WARMUP_FRACTION = 0.1  # warmup schedules ramp the learning rate up over the first 10% of steps
+
+
+# -- data ---------------------------------------------------------------------------------
+
+
+def as_tensors(data: Any, name: str = "train") -> TensorData:
+    """Check ``(X, y)`` and return it as tensors; a clear error for every way it can be wrong."""
+    if not isinstance(data, tuple | list) or len(data) != 2:
+        raise TypeError(
+            f"{name} must be a DataLoader or a tuple (X, y) of tensors, got {type(data).__name__}"
+        )
+    X, y = (torch.as_tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v for v in data)
+    if X.dim() == 0 or y.dim() == 0:
+        raise ValueError(f"{name}: X and y must have a sample axis, got shapes "
+                         f"{tuple(X.shape)} and {tuple(y.shape)}")
+    if len(X) != len(y):
+        raise ValueError(f"{name}: X has {len(X)} samples but y has {len(y)}; they must match")
+    if len(X) == 0:
+        raise ValueError(f"{name} is empty: X and y have no samples")
+    for label, t in (("X", X), ("y", y)):
+        if t.is_floating_point():
+            bad = int((~torch.isfinite(t)).sum())
+            if bad:
+                raise ValueError(
+                    f"{name}: {label} contains {bad} NaN or Inf values; remove or impute them "
+                    "before training"
+                )
+    if X.dtype == torch.float64:
+        X = X.float()
+    if y.dtype == torch.float64:
+        y = y.float()
+    if y.dtype in (torch.int32, torch.int16, torch.int8, torch.uint8):
+        y = y.long()
+    return X, y
+
+
+def is_loader(data: Any) -> bool:
+    return isinstance(data, torch.utils.data.DataLoader)
+
+
+def batches(data: Any, batch_size: int, seed: int) -> Iterator[Batch]:
+    """An endless stream of mini-batches: epochs of a seeded permutation, or a cycled loader.
+
+    With tensors, the last incomplete batch of an epoch is dropped when the data holds at
+    least one full batch (so batch norm never sees a batch of one).
+    """
+    if is_loader(data):
+        while True:
+            empty = True
+            for b in data:
+                empty = False
+                yield _unpack(b)
+            if empty:
+                raise ValueError("the training DataLoader yielded no batches")
+    X, y = data
+    n = len(X)
+    g = torch.Generator().manual_seed(seed)
+    size = min(batch_size, n)
+    while True:
+        perm = torch.randperm(n, generator=g)
+        for start in range(0, n - size + 1, size):
+            idx = perm[start : start + size]
+            yield X[idx], y[idx]
+
+
+def _unpack(batch: Any) -> Batch:
+    if isinstance(batch, dict):
+        keys = [k for k in ("x", "input", "inputs") if k in batch]
+        tkeys = [k for k in ("y", "target", "targets", "label", "labels") if k in batch]
+        if keys and tkeys:
+            return batch[keys[0]], batch[tkeys[0]]
+    if isinstance(batch, tuple | list) and len(batch) >= 2:
+        return batch[0], batch[1]
+    raise TypeError(
+        "each batch must be (inputs, targets) or a dict with 'x' and 'y'; got "
+        f"{type(batch).__name__}"
+    )
+
+
+def loader_tensors(data: Any, limit: int | None = None) -> TensorData:
+    """Materialise up to ``limit`` samples of a loader or tensor pair (for evaluation)."""
+    if not is_loader(data):
+        X, y = data
+        return (X[:limit], y[:limit]) if limit else (X, y)
+    xs, ys, count = [], [], 0
+    for b in data:
+        x, t = _unpack(b)
+        xs.append(x)
+        ys.append(t)
+        count += len(x)
+        if limit and count >= limit:
+            break
+    if not xs:
+        raise ValueError("the DataLoader yielded no batches")
+    X, y = torch.cat(xs), torch.cat(ys)
+    return (X[:limit], y[:limit]) if limit else (X, y)
+
+
+# -- task, loss, outputs ------------------------------------------------------------------
+
+
+def infer_task(y: torch.Tensor, loss_fn: Any) -> str:
+    """classification (class indices), binary (float targets, BCE) or regression."""
+    if isinstance(loss_fn, nn.BCEWithLogitsLoss | nn.BCELoss):
+        return "binary"
+    if not y.is_floating_point():
+        return "classification"
+    return "regression"
+
+
+def default_loss(y: torch.Tensor) -> nn.Module:
+    return nn.MSELoss() if y.is_floating_point() else nn.CrossEntropyLoss()
+
+
+def logits_of(output: Any) -> torch.Tensor:
+    """The prediction tensor of a forward's output.
+
+    A tuple or list gives its first element (the HuggingFace convention); a dict its
+    ``logits`` (or ``out`` / ``output``) entry; anything else is an error that says so.
+    """
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, tuple | list) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    if isinstance(output, dict):
+        for key in ("logits", "out", "output"):
+            if isinstance(output.get(key), torch.Tensor):
+                return output[key]
+        raise TypeError(
+            f"the model returned a dict with keys {sorted(output)}; deepdoctor reads the "
+            "prediction from 'logits' (or 'out' / 'output'): return one of those"
+        )
+    raise TypeError(
+        f"the model returned {type(output).__name__}; return a tensor of predictions "
+        "(or a tuple whose first element is one)"
+    )
+
+
+def fit_output(out: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
+    """Check that predictions fit the targets; squeeze a trailing 1 for scalar targets."""
+    if task == "classification":
+        if out.dim() < 2:
+            raise ValueError(
+                f"the model's output has shape {tuple(out.shape)} but the targets are class "
+                "indices: the output needs a class axis, shape (batch, classes)"
+            )
+        n_out = out.shape[1]
+        top = int(y.max()) if y.numel() else 0
+        if top >= n_out:
+            raise ValueError(
+                f"the model has {n_out} outputs but the targets contain class {top}: the last "
+                f"layer needs at least {top + 1} outputs"
+            )
+        return out
+    if out.dim() == y.dim() + 1 and out.shape[-1] == 1:
+        out = out.squeeze(-1)
+    if out.shape != y.shape:
+        raise ValueError(
+            f"the model's output has shape {tuple(out.shape)} but the targets have shape "
+            f"{tuple(y.shape)}; they must match for {task}"
+        )
+    return out
+
+
+def compute_loss(loss_fn: Callable[..., torch.Tensor], out: torch.Tensor,
+                 y: torch.Tensor) -> torch.Tensor:
+    loss = loss_fn(out, y)
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+        raise ValueError(
+            f"loss_fn returned {shape}, not a scalar; use a reduction such as "
+            "reduction='mean'"
+        )
+    return loss.reshape(())
+
+
+def accuracy(out: torch.Tensor, y: torch.Tensor, task: str) -> float:
+    if task == "classification":
+        return float((out.argmax(1) == y).float().mean())
+    if task == "binary":
+        return float(((out > 0).float() == y).float().mean())
+    return math.nan
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, X: torch.Tensor, y: torch.Tensor, loss_fn: Callable[..., Any],
+             task: str) -> tuple[float, float]:
+    """Mean loss and accuracy (NaN for regression) in eval mode; the mode is restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        total, correct, n = 0.0, 0.0, 0
+        for start in range(0, len(X), EVAL_CHUNK):
+            xb, yb = X[start : start + EVAL_CHUNK], y[start : start + EVAL_CHUNK]
+            out = fit_output(logits_of(model(xb)), yb, task)
+            total += float(compute_loss(loss_fn, out, yb)) * len(xb)
+            if task != "regression":
+                correct += accuracy(out, yb, task) * len(xb)
+            n += len(xb)
+    finally:
+        model.train(was_training)
+    return total / n, (correct / n if task != "regression" else math.nan)
+
+
+# -- optimizer and schedule -----------------------------------------------------------------
+
+
+def make_optimizer(optimizer: OptimizerSpec, model: nn.Module) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if optimizer is None:
+        return torch.optim.SGD(params, lr=DEFAULT_LR)
+    if isinstance(optimizer, torch.optim.Optimizer):
+        return optimizer
+    if callable(optimizer):
+        opt = optimizer(params)
+        if not isinstance(opt, torch.optim.Optimizer):
+            raise TypeError(
+                f"the optimizer factory returned {type(opt).__name__}; it must take the "
+                "parameters and return a torch.optim.Optimizer, e.g. "
+                "lambda p: torch.optim.Adam(p, lr=1e-3)"
+            )
+        return opt
+    raise TypeError(
+        f"optimizer must be a torch.optim.Optimizer or a function params -> optimizer, got "
+        f"{type(optimizer).__name__}"
+    )
+
+
+def schedule_factor(schedule: str, steps: int, warmup_steps: int | None = None
+                    ) -> Callable[[int], float]:
+    """Multiplier of the base learning rate at each step."""
+    check_choice("schedule", schedule, SCHEDULES)
+    warm = warmup_steps if warmup_steps is not None else max(1, int(WARMUP_FRACTION * steps))
+
+    def factor(step: int) -> float:
+        if schedule == "constant":
+            return 1.0
+        if schedule == "step":  # /10 at half and three quarters of the run
+            return 0.1 ** ((step >= steps // 2) + (step >= 3 * steps // 4))
+        if schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps))
+        if step < warm:
+            return (step + 1) / warm
+        if schedule == "warmup":
+            return 1.0
+        rest = max(1, steps - warm)
+        return 0.5 * (1 + math.cos(math.pi * min(step - warm, rest) / rest))
+
+    return factor
+
+
+# -- the loop -------------------------------------------------------------------------------
+
+
+@dataclass
+class History:
+    """What a training run produced: per-step loss, evaluations, and how it ended."""
+
+    task: str
+    steps: int = 0
+    loss: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+    grad_norm: list[float] = field(default_factory=list)
+    clipped: list[bool] = field(default_factory=list)
+    evals: list[dict[str, float]] = field(default_factory=list)
+    stopped: str = "completed"  # completed | nonfinite_loss | early_stopping | interrupted | ...
+    stop_step: int | None = None
+    best_step: int | None = None
+
+    @property
+    def final(self) -> dict[str, float]:
+        """The last evaluation's metrics (train_loss, val_loss, accuracies)."""
+        return dict(self.evals[-1]) if self.evals else {}
+
+    def metric(self, name: str) -> list[float]:
+        return [e.get(name, math.nan) for e in self.evals]
+
+    def to_dict(self) -> dict[str, Any]:
+        def clean(v: Any) -> Any:
+            if isinstance(v, float) and not math.isfinite(v):
+                return None
+            if isinstance(v, list):
+                return [clean(x) for x in v]
+            if isinstance(v, dict):
+                return {k: clean(x) for k, x in v.items()}
+            return v
+
+        return clean({
+            "task": self.task, "steps": self.steps, "loss": self.loss, "lr": self.lr,
+            "grad_norm": self.grad_norm, "clipped": self.clipped, "evals": self.evals,
+            "stopped": self.stopped, "stop_step": self.stop_step, "best_step": self.best_step,
+        })
+
+
+@dataclass
+class TrainState:
+    """What callbacks see. Setting ``stop`` to a reason ends the run after this step."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    history: History
+    step: int = 0
+    loss: torch.Tensor | None = None
+    batch: Batch | None = None
+    stop: str | None = None
+
+
+def _call(callbacks: Sequence[Any], event: str, *args: Any) -> None:
+    for cb in callbacks:
+        fn = getattr(cb, event, None)
+        if fn is not None:
+            fn(*args)
+
+
+def train(
+    model: nn.Module,
+    train: Any,
+    val: Any = None,
+    loss_fn: Callable[..., torch.Tensor] | None = None,
+    optimizer: OptimizerSpec = None,
+    steps: int | None = 200,
+    epochs: int | None = None,
+    batch_size: int = 64,
+    seed: int = 0,
+    clip_grad: float | None = None,
+    schedule: str = "constant",
+    warmup_steps: int | None = None,
+    eval_every: int | None = None,
+    early_stopping: int | None = None,
+    callbacks: Sequence[Any] = (),
+    probe: Any = None,
+    progress: bool | str = False,
+) -> History:
+    """Train ``model`` in place for ``steps`` optimizer steps (or ``epochs`` passes).
+
+    train, val: a DataLoader or a tuple (X, y). loss_fn: default cross-entropy for integer
+    targets, MSE otherwise. optimizer: an instance, or a factory ``params -> optimizer``;
+    default ``SGD(lr=0.1)``. clip_grad: clip the total gradient norm to this value.
+    schedule: constant, step, cosine, warmup or warmup_cosine. eval_every: evaluate train and
+    validation metrics every so many steps (default: 10 times per run) and at the end.
+    early_stopping: stop after this many evaluations without a better validation loss, and
+    restore the best weights. probe: a ``Probe`` attached to ``model``; the loop tells it the
+    loss and the evaluations. progress: show a progress bar (text is its label).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    batch_size = check_int("batch_size", batch_size, minimum=1)
+    seed = check_int("seed", seed, minimum=0)
+    if clip_grad is not None:
+        clip_grad = check_number("clip_grad", clip_grad, positive=True)
+    if not is_loader(train):
+        train = as_tensors(train, "train")
+    if val is not None and not is_loader(val):
+        val = as_tensors(val, "val")
+    if epochs is not None:
+        epochs = check_int("epochs", epochs, minimum=1)
+        per_epoch = len(train) if is_loader(train) else max(1, len(train[0]) // batch_size)
+        steps = epochs * per_epoch
+    if steps is None:
+        raise ValueError("give steps or epochs")
+    steps = check_int("steps", steps, minimum=1)
+    eval_every = check_int("eval_every", eval_every or max(1, steps // 10), minimum=1)
+    if early_stopping is not None:
+        early_stopping = check_int("early_stopping", early_stopping, minimum=1)
+
+    torch.manual_seed(seed)
+    X_probe, y_probe = loader_tensors(train, TRAIN_EVAL_SAMPLES)
+    task = infer_task(y_probe, loss_fn)
+    loss_fn = loss_fn if loss_fn is not None else default_loss(y_probe)
+    val_tensors = loader_tensors(val) if val is not None else None
+    opt = make_optimizer(optimizer, model)
+    base_lrs = [g["lr"] for g in opt.param_groups]
+    factor = schedule_factor(schedule, steps, warmup_steps)
+
+    history = History(task=task)
+    state = TrainState(model=model, optimizer=opt, history=history)
+    best_val, best_state, since_best = math.inf, None, 0
+    stream = batches(train, batch_size, seed)
+    model.train()
+    _call(callbacks, "on_train_start", state)
+
+    def run_eval(step: int) -> dict[str, float]:
+        tl, ta = evaluate(model, X_probe, y_probe, loss_fn, task)
+        metrics = {"step": float(step), "train_loss": tl, "train_accuracy": ta}
+        if val_tensors is not None:
+            vl, va = evaluate(model, *val_tensors, loss_fn, task)
+            metrics.update(val_loss=vl, val_accuracy=va)
+        history.evals.append(metrics)
+        if probe is not None:
+            probe.record_eval(step=step, **{k: v for k, v in metrics.items() if k != "step"})
+        _call(callbacks, "on_eval", state, metrics)
+        return metrics
+
+    with progress_bar(steps, progress if isinstance(progress, str) else "training",
+                      enabled=bool(progress)) as bar:
+        try:
+            for step in range(steps):
+                state.step = step
+                for g, base in zip(opt.param_groups, base_lrs, strict=True):
+                    g["lr"] = base * factor(step)
+                xb, yb = next(stream)
+                state.batch = (xb, yb)
+                out = fit_output(logits_of(model(xb)), yb, task)
+                loss = compute_loss(loss_fn, out, yb)
+                state.loss = loss
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    history.loss.append(value)
+                    history.stopped, history.stop_step = "nonfinite_loss", step
+                    if probe is not None:
+                        probe.record_loss(value)
+                        probe.end_step()
+                        probe.trace.meta["nonfinite_at"] = {
+                            "step": step, **probe.locate_nonfinite(xb)}
+                    break
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                _call(callbacks, "on_after_backward", state)
+                if clip_grad is not None:
+                    norm = float(nn.utils.clip_grad_norm_(model.parameters(), clip_grad))
+                    history.clipped.append(norm > clip_grad)
+                else:
+                    norm = math.nan
+                history.grad_norm.append(norm)
+                opt.step()
+                if probe is not None:
+                    probe.record_loss(value)
+                history.loss.append(value)
+                history.lr.append(float(opt.param_groups[0]["lr"]))
+                history.steps = step + 1
+                _call(callbacks, "on_step_end", state)
+                bar.advance(loss=value)
+                if (step + 1) % eval_every == 0 or step + 1 == steps:
+                    metrics = run_eval(step + 1)
+                    current = metrics.get("val_loss", metrics["train_loss"])
+                    if early_stopping is not None:
+                        if current < best_val:
+                            best_val, since_best = current, 0
+                            best_state = copy.deepcopy(model.state_dict())
+                            history.best_step = step + 1
+                        else:
+                            since_best += 1
+                            if since_best >= early_stopping:
+                                state.stop = "early_stopping"
+                if state.stop:
+                    history.stopped, history.stop_step = state.stop, step + 1
+                    break
+        except KeyboardInterrupt:
+            history.stopped, history.stop_step = "interrupted", history.steps
+    if best_state is not None and history.stopped == "early_stopping":
+        model.load_state_dict(best_state)
+    if history.stopped in ("interrupted", "nonfinite_loss") and (
+        not history.evals or history.evals[-1]["step"] != history.steps
+    ):
+        try:  # so that every run ends with its final metrics (NaN for a NaN model)
+            run_eval(history.steps)
+        except KeyboardInterrupt:
+            pass
+    _call(callbacks, "on_train_end", state)
+    return history
