@@ -1,0 +1,62 @@
+"""The ``deepdoctor`` command line.
+
+Each command lives in ``deepdoctor/commands/<name>.py`` with ``register(subparsers)``, which
+adds its parser and sets ``func(args) -> exit code``. Exit codes: 0 healthy / success,
+1 warning or critical findings, 2 a usage error (a message on stderr saying what to fix).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from ._progress import stderr_console
+from .experiment import TargetError
+
+COMMANDS = ["data", "demo"]
+EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """An error the user caused; printed in one line with exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="deepdoctor",
+        description="Find out why a deep network trains badly, fix it, and prove the fix.",
+    )
+    parser.add_argument("--version", action="version", version=f"deepdoctor {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"deepdoctor.commands.{name}").register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
+        return int(exc.code or 0)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return int(args.func(args))
+    except (UsageError, TargetError, ValueError, TypeError, FileNotFoundError) as exc:
+        if args.debug:
+            raise
+        stderr_console().print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        stderr_console().print("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Showing results: the HTML report (``write_report``) and the terminal summary."""
