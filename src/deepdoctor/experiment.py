@@ -47,6 +47,7 @@ class Experiment:
     schedule: str = "constant"
     early_stopping: int | None = None
     eval_every: int | None = None
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None
     name: str = "experiment"
     description: str = ""
     n_classes: int | None = None
@@ -96,7 +97,7 @@ class Experiment:
             steps=steps or self.steps, batch_size=self.batch_size,
             seed=self.seed if seed is None else seed, clip_grad=self.clip_grad,
             schedule=self.schedule, early_stopping=self.early_stopping,
-            eval_every=self.eval_every, probe=probe, progress=progress,
+            eval_every=self.eval_every, probe=probe, progress=progress, augment=self.augment,
         )
 
 

@@ -394,3 +394,34 @@ def rnn(
 def n_parameters(model: nn.Module, trainable_only: bool = True) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
+
+
+BUILDERS: dict[str, Callable[..., nn.Module]] = {
+    "mlp": mlp, "cnn": cnn, "transformer": transformer, "rnn": rnn,
+}
+
+
+class BuilderSpec:
+    """A model builder that remembers its arguments, so a remedy can rebuild it changed.
+
+    ``spec("mlp", in_features=64, n_classes=10, depth=3)`` is a callable returning a fresh
+    model, usable as ``Experiment.model``; ``more_capacity`` reads and widens its ``width``.
+    """
+
+    def __init__(self, name: str, **kwargs: object) -> None:
+        self.name = check_choice("builder", name, BUILDERS)
+        self.kwargs = dict(kwargs)
+
+    def __call__(self) -> nn.Module:
+        return BUILDERS[self.name](**self.kwargs)
+
+    def replace(self, **changes: object) -> BuilderSpec:
+        return BuilderSpec(self.name, **{**self.kwargs, **changes})
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
+        return f"deepdoctor.models.{self.name}({args})"
+
+
+def spec(name: str, **kwargs: object) -> BuilderSpec:
+    return BuilderSpec(name, **kwargs)

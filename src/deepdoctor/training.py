@@ -367,6 +367,7 @@ def train(
     callbacks: Sequence[Any] = (),
     probe: Any = None,
     progress: bool | str = False,
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> History:
     """Train ``model`` in place for ``steps`` optimizer steps (or ``epochs`` passes).
 
@@ -378,6 +379,8 @@ def train(
     early_stopping: stop after this many evaluations without a better validation loss, and
     restore the best weights. probe: a ``Probe`` attached to ``model``; the loop tells it the
     loss and the evaluations. progress: show a progress bar (text is its label).
+    augment: a function applied to each training input batch (drawing from torch's global
+    RNG, which the loop seeds, so augmented runs stay deterministic).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -436,6 +439,8 @@ def train(
                 for g, base in zip(opt.param_groups, base_lrs, strict=True):
                     g["lr"] = base * factor(step)
                 xb, yb = next(stream)
+                if augment is not None:
+                    xb = augment(xb)
                 state.batch = (xb, yb)
                 out = fit_output(logits_of(model(xb)), yb, task)
                 loss = compute_loss(loss_fn, out, yb)
