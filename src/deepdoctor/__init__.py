@@ -5,6 +5,7 @@ from .findings import KINDS, REMEDIES, Finding
 from .probe import Probe
 from .trace import Trace
 from .training import History, train
+from .treat import Treatment, treat
 
 __version__ = "0.1.0"
 
@@ -15,8 +16,10 @@ __all__ = [
     "History",
     "Probe",
     "Trace",
+    "Treatment",
     "__version__",
     "data",
     "models",
     "train",
+    "treat",
 ]

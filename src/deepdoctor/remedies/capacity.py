@@ -6,8 +6,10 @@ others the remedy is a prescription saying what to widen or narrow.
 
 from __future__ import annotations
 
+import inspect
+
 from ..experiment import Experiment
-from ..models import BuilderSpec
+from ..models import BUILDERS, BuilderSpec
 from .base import Context, Prescription, Remedy, record_change
 
 WIDTH_FACTOR = 2  # double or halve: a step big enough to show in one verified run
@@ -24,7 +26,7 @@ def _resize(name: str, grow: bool) -> Remedy:
                 "(the model was not built from deepdoctor.models.spec, so it cannot be "
                 "resized automatically)",
             )
-        width = int(spec.kwargs.get("width", _widths(spec)["width"]))  # type: ignore[arg-type]
+        width = int(str(spec.kwargs.get("width", _widths(spec)["width"])))
         new = width * WIDTH_FACTOR if grow else max(MIN_WIDTH, width // WIDTH_FACTOR)
         if new == width:
             raise Prescription(name, f"width {width} cannot shrink further")
@@ -36,10 +38,6 @@ def _resize(name: str, grow: bool) -> Remedy:
 
 
 def _widths(spec: BuilderSpec) -> dict[str, object]:
-    import inspect
-
-    from ..models import BUILDERS
-
     params = inspect.signature(BUILDERS[spec.name]).parameters
     return {k: p.default for k, p in params.items() if k == "width"}
 

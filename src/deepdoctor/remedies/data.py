@@ -19,7 +19,8 @@ def _tensors(exp: Experiment, remedy: str) -> tuple[torch.Tensor, torch.Tensor]:
         raise Prescription(
             remedy, "the training data is a DataLoader; apply this in its Dataset or transform"
         )
-    return exp.train  # type: ignore[return-value]
+    X, y = exp.train
+    return X, y
 
 
 def _standardize(exp: Experiment, ctx: Context) -> Experiment:

@@ -103,7 +103,7 @@ def _lr_warmup(exp: Experiment, ctx: Context) -> Experiment:
 
 def _adam(exp: Experiment, ctx: Context) -> Experiment:
     if exp.optimizer is not None:
-        probe = exp.optimizer([torch.zeros(1, requires_grad=True)])
+        probe = base_factory(exp)([torch.zeros(1, requires_grad=True)])
         if isinstance(probe, torch.optim.Adam | torch.optim.AdamW):
             raise Prescription("adam", "the optimizer is already Adam")
     return record_change(
