@@ -1,0 +1,687 @@
+"""The report's figures, drawn from the JSON-ready result dict (never from live objects).
+
+Each function takes a piece of a result dict and returns a ``Plot`` (a PNG as base64 with
+its title and a one-line caption saying what a healthy picture looks like), or ``None`` when
+the dict lacks what the figure needs. Missing values (``None`` in the JSON, NaN in arrays)
+draw as gaps and are marked: hatched cells in heatmaps, crosses under line plots.
+
+Long runs are reduced before drawing, never truncated: a heatmap shows at most
+``MAX_DRAW_STEPS`` columns and ``MAX_DRAW_LAYERS`` rows, each the mean of a block of steps
+(and layers), and the plot says so. A 100,000-step, 1,000-layer trace draws in seconds into
+a figure of ordinary size.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display: figures only ever go to PNG bytes
+
+import numpy as np  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Patch, Rectangle  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.transforms import blended_transform_factory  # noqa: E402
+
+MAX_DRAW_STEPS = 600  # heatmap columns: about one per screen pixel at the page's width
+MAX_DRAW_LAYERS = 200  # heatmap rows: more are not distinguishable at a readable height
+MAX_LINE_POINTS = 1500  # per-step curves: more points than pixels only add bytes
+MAX_BAR_LAYERS = 60  # beyond this many layers, per-layer bars become lines
+MAX_NAMED_TICKS = 25  # up to this many layers, axes show layer names rather than indices
+DPI = 100  # 1,000-pixel-wide figures: sharp on screen, about 50-150 kB each as PNG
+LOG_RANGE = 100.0  # a loss curve spanning more than this factor is drawn on a log axis
+SPEED_WINDOW = 5  # learning speed "at start/end" averages this many recorded steps
+
+# Okabe & Ito (2008): distinguishable under every common colour-vision deficiency.
+BLUE, ORANGE, GREEN, VERMILLION, PURPLE, SKY, YELLOW = (
+    "#0072B2",
+    "#E69F00",
+    "#009E73",
+    "#D55E00",
+    "#CC79A7",
+    "#56B4E9",
+    "#F0E442",
+)
+GAP_HATCH = "xxx"
+GAP_COLOUR = "0.55"
+HEATMAP_GAP_NOTE = (
+    "hatched cells have no value (NaN, Inf or not recorded); a red triangle "
+    "above a column means some of its values were missing"
+)
+HEATMAP_TITLE_PAD = 12.0  # points: room above a heatmap for the missing-value triangles
+GAP_LABEL = "no value (NaN / Inf)"
+LINE_GAP_NOTE = "red crosses along the bottom mark points with no value (NaN or Inf)"
+
+
+@dataclass
+class Plot:
+    """One figure of the report: what it shows, what healthy looks like, the PNG."""
+
+    key: str
+    title: str
+    caption: str
+    png_base64: str
+    alt: str
+    notes: list[str] = field(default_factory=list)  # e.g. how the data was downsampled
+
+
+# -- data helpers -----------------------------------------------------------------------------
+
+
+def as_float_array(values: Any) -> np.ndarray:
+    """A float array from JSON lists (``None`` becomes NaN) or an ndarray."""
+    return np.asarray(values if values is not None else [], dtype=np.float64)
+
+
+def _nanmean(block: np.ndarray, axis: int) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN blocks are gaps, not errors
+        return np.nanmean(block, axis=axis)
+
+
+@dataclass
+class Reduced:
+    """A (rows, columns) grid of block means.
+
+    ``missing``: blocks with no value at all (drawn as gaps); ``partial``: blocks where some
+    but not all values were missing (drawn with the mean of the rest, and flagged).
+    """
+
+    values: np.ndarray
+    missing: np.ndarray
+    partial: np.ndarray
+    steps_per_row: float
+    layers_per_col: float
+    first_step: int
+    last_step: int
+
+
+def reduce_grid(
+    rows: Any,
+    steps: Sequence[int],
+    n_cols: int,
+    max_rows: int,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> Reduced:
+    """Block means over steps of a steps x layers table, read block by block.
+
+    Reading a block at a time keeps memory small for long runs. Missing values (None, NaN,
+    Inf) are left out of the means and counted, so a single non-finite step is never
+    averaged away: its block is flagged as ``partial``.
+    """
+    n = len(rows)
+    n_bins = min(n, max_rows)
+    if n == n_bins:  # nothing to reduce: one conversion
+        block = as_float_array(rows).reshape(n, n_cols)
+        missing = ~np.isfinite(block)
+        values = np.where(missing, np.nan, transform(block) if transform else block)
+        partial = np.zeros_like(missing)
+    else:
+        edges = np.linspace(0, n, n_bins + 1).astype(int)
+        values = np.empty((n_bins, n_cols))
+        n_bad = np.zeros((n_bins, n_cols), dtype=np.int64)
+        for b in range(n_bins):
+            block = as_float_array(rows[edges[b] : edges[b + 1]]).reshape(-1, n_cols)
+            bad = ~np.isfinite(block)
+            if transform:
+                block = transform(block)
+            values[b] = _nanmean(np.where(bad, np.nan, block), axis=0)
+            n_bad[b] = bad.sum(axis=0)
+        sizes = np.diff(edges)[:, None]
+        missing, partial = n_bad == sizes, (n_bad > 0) & (n_bad < sizes)
+    first = int(steps[0]) if len(steps) else 0
+    last = int(steps[-1]) if len(steps) else 0
+    return Reduced(values, missing, partial, n / max(n_bins, 1), 1.0, first, last)
+
+
+def reduce_columns(red: Reduced, max_cols: int) -> Reduced:
+    """Block means over neighbouring layers when there are more than ``max_cols``."""
+    n_cols = red.values.shape[1]
+    if n_cols <= max_cols:
+        return red
+    edges = np.linspace(0, n_cols, max_cols + 1).astype(int)
+    pairs = list(zip(edges[:-1], edges[1:], strict=True))
+    red.values = np.stack([_nanmean(red.values[:, a:b], axis=1) for a, b in pairs], axis=1)
+    all_missing = np.stack([red.missing[:, a:b].all(axis=1) for a, b in pairs], axis=1)
+    red.partial = (
+        np.stack(
+            [(red.missing[:, a:b] | red.partial[:, a:b]).any(axis=1) for a, b in pairs], axis=1
+        )
+        & ~all_missing
+    )
+    red.missing = all_missing
+    red.layers_per_col = n_cols / max_cols
+    return red
+
+
+def reduce_line(
+    x: np.ndarray, y: np.ndarray, max_points: int
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Block means of a long curve; a block holding a NaN stays NaN (a visible gap)."""
+    n = len(y)
+    if n <= max_points:
+        return x, y, 1
+    per = math.ceil(n / max_points)
+    m = n // per * per
+    xs = x[:m].reshape(-1, per).mean(axis=1)
+    ys = y[:m].reshape(-1, per).mean(axis=1)  # plain mean: NaN anywhere -> NaN block
+    if m < n:
+        xs = np.append(xs, x[m:].mean())
+        ys = np.append(ys, y[m:].mean())
+    return xs, ys, per
+
+
+def safe_text(text: Any) -> str:
+    """A label matplotlib draws literally: ``$`` would otherwise start mathtext."""
+    return str(text).replace("$", r"\$")
+
+
+def _short(name: str, width: int = 28) -> str:
+    return name if len(name) <= width else name[: width - 1] + "…"
+
+
+def _png(fig: Figure) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    # A bare Figure, not pyplot: no global state, nothing to close, safe in threads.
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _log10(block: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.log10(block)
+
+
+def mark_gaps(ax: Axes, x: np.ndarray, y: np.ndarray, colour: str, label: str | None) -> bool:
+    """Crosses along the bottom of ``ax`` where ``y`` has no value; True if any were drawn."""
+    gaps = ~np.isfinite(y)
+    if not gaps.any():
+        return False
+    trans = blended_transform_factory(ax.transData, ax.transAxes)
+    ax.plot(
+        x[gaps],
+        np.full(int(gaps.sum()), 0.03),
+        linestyle="none",
+        marker="x",
+        color=colour,
+        markersize=6,
+        transform=trans,
+        clip_on=False,
+        label=label,
+    )
+    return True
+
+
+def _layer_axis(ax: Axes, names: Sequence[str], axis: str, per: float = 1.0) -> None:
+    """Name the layers when there are few, else number them (0 = nearest the input)."""
+    n = len(names)
+    if n <= MAX_NAMED_TICKS and per == 1.0:
+        labels = [safe_text(_short(s)) for s in names]
+        if axis == "y":
+            ax.set_yticks(range(n), labels)
+        else:
+            ax.set_xticks(range(n), labels, rotation=60, ha="right")
+    else:
+        (ax.yaxis if axis == "y" else ax.xaxis).set_major_locator(
+            MaxNLocator(integer=True, nbins=10)
+        )
+
+
+def _heatmap(
+    fig: Figure,
+    ax: Axes,
+    red: Reduced,
+    names: Sequence[str],
+    cmap: str,
+    vmin: float,
+    vmax: float,
+    colour_label: str,
+) -> bool:
+    """Draw a reduced steps x layers grid (layers down, input at the top); True if gaps."""
+    grid = np.ma.masked_array(red.values.T, mask=red.missing.T | ~np.isfinite(red.values.T))
+    colormap = matplotlib.colormaps[cmap].with_extremes(bad=(0, 0, 0, 0))
+    right = red.last_step + max(red.steps_per_row, 1.0)
+    extent = (red.first_step, right, len(names) - 0.5, -0.5)
+    # Masked cells are transparent, so the hatched rectangle behind them shows through.
+    ax.add_patch(
+        Rectangle(
+            (red.first_step, -0.5),
+            right - red.first_step,
+            len(names),
+            facecolor="white",
+            edgecolor=GAP_COLOUR,
+            hatch=GAP_HATCH,
+            linewidth=0,
+            zorder=0,
+        )
+    )
+    image = ax.imshow(
+        grid,
+        aspect="auto",
+        cmap=colormap,
+        vmin=vmin,
+        vmax=vmax,
+        extent=extent,
+        interpolation="nearest",
+        zorder=1,
+    )
+    cbar = fig.colorbar(image, ax=ax, pad=0.01)
+    cbar.set_label(colour_label)
+    ax.set_xlim(red.first_step, right)
+    ax.set_ylim(len(names) - 0.5, -0.5)
+    ax.set_xlabel("optimizer step")
+    _layer_axis(ax, names, "y", red.layers_per_col)
+    handles: list[Any] = []
+    if np.ma.is_masked(grid):
+        handles.append(
+            Patch(
+                facecolor="white",
+                edgecolor=GAP_COLOUR,
+                hatch=GAP_HATCH,
+                label="no value (NaN, Inf or not recorded)",
+            )
+        )
+    partial_rows = red.partial.any(axis=1)
+    if partial_rows.any():
+        # Blocks averaged over some missing values: flagged by a tick above the plot.
+        x = red.first_step + (np.flatnonzero(partial_rows) + 0.5) * red.steps_per_row
+        handles += ax.plot(
+            x,
+            np.full(x.size, 1.01),
+            linestyle="none",
+            marker="v",
+            color=VERMILLION,
+            markersize=4,
+            clip_on=False,
+            transform=blended_transform_factory(ax.transData, ax.transAxes),
+            label="some values missing in this span (mean of the rest)",
+        )
+    if handles:
+        ax.legend(handles=handles, loc="upper right", fontsize=8, framealpha=0.9)
+    return bool(handles)
+
+
+def _reduction_note(red: Reduced) -> str:
+    parts = []
+    if red.steps_per_row > 1:
+        parts.append(f"{red.steps_per_row:.3g} recorded steps")
+    if red.layers_per_col > 1:
+        parts.append(f"{red.layers_per_col:.3g} layers")
+    if not parts:
+        return ""
+    return "downsampled for drawing: each cell averages " + " x ".join(parts)
+
+
+def _title(ax: Axes, title: str, note: str = "", pad: float = 6.0) -> None:
+    ax.set_title(safe_text(title) + (f"\n{note}" if note else ""), fontsize=10, loc="left", pad=pad)
+
+
+# -- gradient flow ------------------------------------------------------------------------------
+
+
+def _table(trace: dict[str, Any], name: str) -> dict[str, Any] | None:
+    table = trace.get("tables", {}).get(name)
+    if not table or not table.get("steps"):
+        return None
+    return table
+
+
+def gradient_heatmap(trace: dict[str, Any]) -> Plot | None:
+    """Per-layer weight-gradient norm over steps, log colour scale."""
+    table = _table(trace, "layers")
+    names = list(trace.get("layers", []))
+    if table is None or not names or "grad_norm_weight" not in table:
+        return None
+    red = reduce_grid(
+        table["grad_norm_weight"], table["steps"], len(names), MAX_DRAW_STEPS, transform=_log10
+    )
+    red = reduce_columns(red, MAX_DRAW_LAYERS)
+    finite = red.values[np.isfinite(red.values) & ~red.missing]
+    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    if vmax - vmin < 1e-9:
+        vmin, vmax = vmin - 0.5, vmax + 0.5
+    fig = _new_figure(10, max(3.2, min(7.5, 1.8 + 0.14 * min(len(names), MAX_DRAW_LAYERS))))
+    ax = fig.add_subplot()
+    gaps = _heatmap(
+        fig, ax, red, names, "viridis", vmin, vmax, "log10 gradient norm\n(L2, dimensionless)"
+    )
+    ax.set_ylabel("layer (input at top, output at bottom)")
+    note = _reduction_note(red)
+    _title(
+        ax,
+        "Weight-gradient L2 norm per layer over training (colour: log10)",
+        note,
+        pad=HEATMAP_TITLE_PAD,
+    )
+    return Plot(
+        "gradient_heatmap",
+        "Gradient flow: gradient norm per layer over steps",
+        "Healthy: every row stays within about two colour units (100x) of the others all run "
+        "long; a top fading to dark purple means vanishing gradients, a bright band or sudden "
+        "yellow means exploding ones.",
+        _png(fig),
+        "heatmap of log10 gradient norm, layers by optimizer steps",
+        [n for n in (note, HEATMAP_GAP_NOTE if gaps else "") if n],
+    )
+
+
+def _speed_at(rows_bias: Any, rows_weight: Any, n: int, idx: slice) -> np.ndarray:
+    bias = as_float_array(rows_bias[idx]).reshape(-1, n)
+    weight = as_float_array(rows_weight[idx]).reshape(-1, n)
+    speed = np.where(np.isnan(bias), weight, bias)  # Trace.learning_speed: bias, else weight
+    return _nanmean(np.where(np.isfinite(speed), speed, np.nan), axis=0)
+
+
+def learning_speed(trace: dict[str, Any]) -> Plot | None:
+    """Nielsen's figure: per-layer learning speed (bias-gradient norm) at start and end."""
+    table = _table(trace, "layers")
+    names = list(trace.get("layers", []))
+    if table is None or not names or "grad_norm_weight" not in table:
+        return None
+    n_steps = len(table["steps"])
+    window = min(SPEED_WINDOW, n_steps)
+    bias = table.get("grad_norm_bias") or [[None] * len(names)] * n_steps
+    start = _speed_at(bias, table["grad_norm_weight"], len(names), slice(0, window))
+    end = _speed_at(bias, table["grad_norm_weight"], len(names), slice(n_steps - window, None))
+    steps = table["steps"]
+    x = np.arange(len(names))
+    fig = _new_figure(10, 3.8)
+    ax = fig.add_subplot()
+    start_label = f"start (steps {steps[0]}-{steps[window - 1]})"
+    end_label = f"end (steps {steps[n_steps - window]}-{steps[-1]})"
+    positive = np.concatenate([start, end])
+    positive = positive[np.isfinite(positive) & (positive > 0)]
+    floor = float(positive.min()) / 2 if positive.size else 1e-12
+    if len(names) <= MAX_BAR_LAYERS:
+        ax.bar(x - 0.2, np.where(start > 0, start, floor), width=0.4, color=BLUE, label=start_label)
+        ax.bar(x + 0.2, np.where(end > 0, end, floor), width=0.4, color=ORANGE, label=end_label)
+    else:
+        ax.plot(x, start, color=BLUE, label=start_label, linewidth=1)
+        ax.plot(x, end, color=ORANGE, label=end_label, linewidth=1, linestyle="--")
+    if positive.size:
+        ax.set_yscale("log")
+    gaps = mark_gaps(ax, x, start, VERMILLION, "no value at start")
+    gaps |= mark_gaps(ax, x, end, VERMILLION, "no value at end")
+    ax.set_xlabel("layer (input on the left, output on the right)")
+    ax.set_ylabel("speed of learning:\nbias-gradient L2 norm (log)")
+    _layer_axis(ax, names, "x")
+    ax.legend(fontsize=8, loc="best")
+    note = f"mean over the first and last {window} recorded steps"
+    _title(ax, "Learning speed per layer at the start and the end", note)
+    return Plot(
+        "learning_speed",
+        "Gradient flow: learning speed per layer",
+        "Healthy: similar speeds across layers (within about 10x); speeds that fall by "
+        "orders of magnitude towards the input mean the early layers barely learn.",
+        _png(fig),
+        "bar chart of per-layer bias-gradient norm at start and end of training",
+        [LINE_GAP_NOTE] if gaps else [],
+    )
+
+
+# -- activation health -----------------------------------------------------------------------
+
+
+def activation_health(trace: dict[str, Any]) -> Plot | None:
+    """Per-layer dead and saturated fractions over steps (only layers where each applies)."""
+    table = _table(trace, "acts")
+    names = list(trace.get("act_layers", []))
+    if table is None or not names:
+        return None
+    panels = []
+    for stat, label in (("dead_frac", "dead units"), ("saturated_frac", "saturated units")):
+        if stat not in table:
+            continue
+        red = reduce_grid(table[stat], table["steps"], len(names), MAX_DRAW_STEPS)
+        applies = ~np.all(red.missing, axis=0)  # e.g. dead_frac is NaN for a sigmoid
+        if not applies.any():
+            continue
+        red.values, red.missing = red.values[:, applies] * 100, red.missing[:, applies]
+        shown = [n for n, keep in zip(names, applies, strict=True) if keep]
+        red = reduce_columns(red, MAX_DRAW_LAYERS)
+        kinds = trace.get("act_kinds", {})
+        kind_list = sorted({str(kinds.get(n, "?")) for n in shown})
+        panels.append((label, red, shown, kind_list))
+    if not panels:
+        return None
+    height = sum(max(2.4, min(5.0, 1.4 + 0.12 * min(len(p[2]), MAX_DRAW_LAYERS))) for p in panels)
+    fig = _new_figure(10, height + 0.4)
+    axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
+    notes: list[str] = []
+    for ax, (label, red, shown, kind_list) in zip(axes, panels, strict=True):
+        if _heatmap(fig, ax, red, shown, "cividis", 0.0, 100.0, f"% of units {label.split()[0]}"):
+            notes.append(f"{label}: {HEATMAP_GAP_NOTE}")
+        ax.set_ylabel("activation module\n(input at top)")
+        note = _reduction_note(red)
+        _title(
+            ax,
+            f"{label.capitalize()} per layer ({', '.join(kind_list)} modules)",
+            note,
+            pad=HEATMAP_TITLE_PAD,
+        )
+        if note:
+            notes.append(f"{label}: {note}")
+    return Plot(
+        "activation_health",
+        "Activation health: dead and saturated units over steps",
+        "Healthy: dark everywhere (few dead or saturated units, well under 10%) and staying "
+        "dark; bright rows mean units stuck at zero (dead) or in their flat tails (saturated).",
+        _png(fig),
+        "heatmaps of percent dead and saturated units per activation module by step",
+        notes,
+    )
+
+
+# -- curves -------------------------------------------------------------------------------------
+
+
+LOSS_LINES = (("train_loss", BLUE, "train loss"), ("val_loss", ORANGE, "validation loss"))
+ACCURACY_LINES = (
+    ("train_accuracy", BLUE, "train accuracy"),
+    ("val_accuracy", ORANGE, "validation accuracy"),
+)
+ACCURACY_LINES_KEYS = tuple(key for key, _, _ in ACCURACY_LINES)
+LOSS_UNITS = {
+    "classification": "cross-entropy, nats",
+    "binary": "binary cross-entropy, nats",
+    "regression": "mean squared error, target units²",
+}
+
+
+def _evals(history: dict[str, Any], key: str) -> tuple[np.ndarray, np.ndarray]:
+    evals = [e for e in history.get("evals", []) if key in e]
+    x = as_float_array([e.get("step") for e in evals])
+    y = as_float_array([e.get(key) for e in evals])
+    return x, y
+
+
+def _eval_lines(
+    ax: Axes,
+    history: dict[str, Any],
+    metrics: Sequence[tuple[str, str, str]],
+    style: str,
+    prefix: str,
+    scale: float = 1.0,
+) -> tuple[list[np.ndarray], bool]:
+    """Plot evaluation metrics (key, colour, label) of one run; return the values drawn and
+    whether any gap was marked."""
+    drawn, marked = [], False
+    for key, colour, label in metrics:
+        x, y = _evals(history, key)
+        if not x.size:
+            continue
+        ax.plot(
+            x,
+            scale * y,
+            color=colour,
+            linestyle=style,
+            marker="o",
+            markersize=3,
+            label=f"{prefix}{label}",
+        )
+        drawn.append(y)
+        marked |= mark_gaps(ax, x, y, VERMILLION, None)
+    return drawn, marked
+
+
+def training_curves(
+    history: dict[str, Any] | None,
+    before: dict[str, Any] | None = None,
+    stopped: dict[str, Any] | None = None,
+) -> Plot | None:
+    """Loss and accuracy, train and validation; ``before`` overlays an untreated run."""
+    runs = [(h, tag) for h, tag in ((before, "before"), (history, "after" if before else "")) if h]
+    if not runs or not any(h.get("loss") or h.get("evals") for h, _ in runs):
+        return None
+    task = next((h.get("task") for h, _ in runs if h.get("task")), "classification")
+    show_acc = task != "regression" and any(
+        np.isfinite(_evals(h, k)[1]).any() for h, _ in runs for k in ACCURACY_LINES_KEYS
+    )
+    fig = _new_figure(10, 3.8)
+    axes = fig.subplots(1, 2 if show_acc else 1, squeeze=False, sharex=True)[0]
+    loss_ax = axes[0]
+    notes: list[str] = []
+    marked = False
+    all_loss: list[np.ndarray] = []
+    for h, tag in runs:
+        style = "--" if tag == "before" else "-"
+        prefix = f"{tag}: " if tag else ""
+        loss = as_float_array(h.get("loss"))
+        if loss.size:
+            xs, ys, per = reduce_line(
+                np.arange(1, loss.size + 1, dtype=float), loss, MAX_LINE_POINTS
+            )
+            if per > 1:
+                notes.append(f"per-step loss: mean of {per} steps per point")
+            loss_ax.plot(
+                xs,
+                ys,
+                color=SKY if tag != "before" else "0.6",
+                linewidth=0.8,
+                linestyle=style,
+                alpha=0.8,
+                label=f"{prefix}train loss per batch",
+            )
+            all_loss.append(ys)
+            marked |= mark_gaps(loss_ax, xs, ys, VERMILLION, None)
+        drawn, gaps = _eval_lines(loss_ax, h, LOSS_LINES, style, prefix)
+        all_loss += drawn
+        marked |= gaps
+        if show_acc:
+            marked |= _eval_lines(axes[1], h, ACCURACY_LINES, style, prefix, scale=100.0)[1]
+    values = np.concatenate(all_loss) if all_loss else np.zeros(0)
+    values = values[np.isfinite(values) & (values > 0)]
+    if values.size and values.max() / values.min() > LOG_RANGE:
+        loss_ax.set_yscale("log")
+    if stopped and stopped.get("reason") not in (None, "completed") and stopped.get("step"):
+        loss_ax.axvline(
+            stopped["step"],
+            color=VERMILLION,
+            linestyle=":",
+            label=f"stopped: {safe_text(stopped['reason'])}",
+        )
+    loss_ax.set_xlim(left=0)
+    loss_ax.set_ylabel(f"loss ({LOSS_UNITS.get(str(task), 'loss units')})")
+    _title(loss_ax, "Loss", "; ".join(dict.fromkeys(notes)))
+    if show_acc:
+        axes[1].set_ylim(0, 100)
+        axes[1].set_ylabel("accuracy (%)")
+        _title(axes[1], "Accuracy")
+    for ax in axes:
+        if marked:  # one legend entry explains the crosses
+            ax.plot([], [], linestyle="none", marker="x", color=VERMILLION, label=GAP_LABEL)
+        ax.set_xlabel("optimizer step")
+        ax.legend(fontsize=7, loc="best")
+    caption = (
+        "Healthy: the loss falls steadily and flattens, validation close to training; "
+        "a rising validation loss while training loss falls means overfitting, a flat "
+        "line means stalled training."
+    )
+    if before:
+        caption = (
+            "Dashed: the untreated run; solid: the treated run, same seed and budget. " + caption
+        )
+    return Plot(
+        "curves",
+        "Training curves",
+        caption,
+        _png(fig),
+        "line plots of loss and accuracy over optimizer steps",
+        list(dict.fromkeys(notes + ([LINE_GAP_NOTE] if marked else []))),
+    )
+
+
+# -- checkup ------------------------------------------------------------------------------------
+
+
+def depth_profile(layers: list[dict[str, Any]], depth: dict[str, Any] | None) -> Plot | None:
+    """Activation scale and gradient scale through depth at initialisation."""
+    if not layers:
+        return None
+    names = [str(layer.get("name", i)) for i, layer in enumerate(layers)]
+    x = np.arange(len(layers))
+    out_std = as_float_array([layer.get("out_std") for layer in layers])
+    grad = as_float_array([layer.get("grad_norm") for layer in layers])
+    fig = _new_figure(10, 3.8)
+    axes = fig.subplots(1, 2, squeeze=False)[0]
+    panels = (
+        (
+            axes[0],
+            out_std,
+            BLUE,
+            "output std (activation scale,\nunits of the input)",
+            "Activation scale through depth",
+        ),
+        (
+            axes[1],
+            grad,
+            ORANGE,
+            "weight-gradient L2 norm\n(dimensionless, log)",
+            "Gradient scale through depth",
+        ),
+    )
+    trainable = (depth or {}).get("trainable_depth")
+    gaps = False
+    for ax, y, colour, ylabel, title in panels:
+        ax.plot(x, y, color=colour, marker="o", markersize=3, label=ylabel.split("(")[0].strip())
+        if np.any(np.isfinite(y) & (y > 0)):
+            ax.set_yscale("log")
+        gaps |= mark_gaps(ax, x, y, VERMILLION, GAP_LABEL)
+        if isinstance(trainable, int | float) and math.isfinite(trainable):
+            # Layers within `trainable` of the output get usable gradient; mark that edge.
+            edge = len(layers) - float(trainable) - 0.5
+            if edge > -0.5:
+                ax.axvline(
+                    edge,
+                    color=GREEN,
+                    linestyle="--",
+                    label=f"estimated trainable depth: {trainable:g} layers",
+                )
+                ax.axvspan(-0.5, edge, color="0.85", zorder=0, label="beyond trainable depth")
+        ax.set_xlabel("layer (input on the left, output on the right)")
+        ax.set_ylabel(ylabel)
+        _layer_axis(ax, names, "x")
+        ax.legend(fontsize=7, loc="best")
+        _title(ax, title)
+    return Plot(
+        "depth_profile",
+        "Checkup: activation and gradient scale through depth",
+        "Healthy: both curves roughly flat (within about 10x from first to last layer) and "
+        "the trainable depth beyond the network's depth (no shaded region).",
+        _png(fig),
+        "line plots of activation std and gradient norm by layer at initialisation",
+        [LINE_GAP_NOTE] if gaps else [],
+    )
