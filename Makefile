@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # multi-gigabyte CUDA build, so it is pinned here and installed first.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: install demo test lint bench clean
+.PHONY: install chromium demo test lint bench clean
 
 install: $(STAMP)
 
@@ -17,7 +17,25 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(TORCH_PIN)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev]" $(TORCH_PIN)
+	@$(MAKE) --no-print-directory chromium
 	touch $(STAMP)
+
+# tests/test_browser.py opens the HTML report in headless Chromium. Install it when it is
+# missing and we can (root with apt-get); never fail the set-up over it: the test then
+# skips and says why.
+chromium:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then \
+	  :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing headless Chromium for tests/test_browser.py"; \
+	  { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1 || \
+	    { apt-get update -qq >/dev/null 2>&1 && \
+	      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1; }; } || \
+	  echo "could not install chromium; tests/test_browser.py will be skipped"; \
+	else \
+	  echo "chromium is not installed (installing it needs root and apt-get);" \
+	       "tests/test_browser.py will be skipped"; \
+	fi
 
 demo: install
 	$(BIN)/deepdoctor demo
