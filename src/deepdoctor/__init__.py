@@ -1,6 +1,9 @@
 """deepdoctor: find out why a deep network trains badly, fix it, and prove the fix."""
 
 from . import data, models
+from .detectors import detect
+from .diagnose import Diagnosis, diagnose, diagnose_experiment
+from .experiment import Experiment
 from .findings import KINDS, REMEDIES, Finding
 from .probe import Probe
 from .trace import Trace
@@ -10,6 +13,8 @@ from .treat import Treatment, treat
 __version__ = "0.1.0"
 
 __all__ = [
+    "Diagnosis",
+    "Experiment",
     "KINDS",
     "REMEDIES",
     "Finding",
@@ -19,6 +24,9 @@ __all__ = [
     "Treatment",
     "__version__",
     "data",
+    "detect",
+    "diagnose",
+    "diagnose_experiment",
     "models",
     "train",
     "treat",

@@ -1,0 +1,45 @@
+"""detect: a Trace in, findings out, one detector module per family.
+
+``detect`` is a pure function of the Trace, so a user who ran the Probe in their own loop
+gets the same judgement as ``diagnose``. It reads ``trace.meta`` where diagnose filled it in
+("task", "n_classes", "class_counts", "nonfinite_at", "stopped") and skips a rule whose
+inputs are missing rather than guess.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..findings import Finding, sort_findings
+from ..trace import Trace
+from . import activations, data, fit, gradients, loss
+from .loss import BLOWUP_FACTOR
+
+FAMILIES: tuple[Callable[[Trace], list[Finding]], ...] = (
+    gradients.detect,
+    activations.detect,
+    loss.detect,
+    data.detect,
+    fit.detect,
+)
+
+
+def detect(trace: Trace) -> list[Finding]:
+    """Every finding the Trace supports, most severe first.
+
+    >>> import deepdoctor as dd
+    >>> trace = dd.Trace(["fc"], {"fc": "Linear"})
+    >>> dd.detect(trace)
+    []
+    """
+    if not isinstance(trace, Trace):
+        raise TypeError(
+            f"detect needs a deepdoctor.Trace (probe.trace), got {type(trace).__name__}"
+        )
+    findings: list[Finding] = []
+    for family in FAMILIES:
+        findings += family(trace)
+    return sort_findings(findings)
+
+
+__all__ = ["BLOWUP_FACTOR", "FAMILIES", "detect"]

@@ -1,0 +1,89 @@
+"""Small readings of a Trace that several detector families share."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import numpy as np
+
+from ..trace import Trace
+
+# Layer types whose weights carry the signal through the network. Norm layers (their affine
+# parameters are scale-free by design), embeddings (sparse rows) and parameter holders
+# such as positional encodings are left out of depth comparisons: their gradient scale says
+# nothing about depth.
+WEIGHT_LAYER_MARKERS = ("Linear", "Conv", "LSTM", "GRU", "RNN", "MultiheadAttention", "Bilinear")
+RECURRENT_TYPES = ("LSTM", "GRU", "RNN")
+LOSS_WINDOW_FRACTION = 0.1  # start / end of the loss curve: medians over 10% of the steps
+MIN_LOSS_WINDOW = 3  # ... and over at least 3 steps, because one mini-batch is noisy
+
+
+def nanmedian(a: np.ndarray, axis: int | None = None) -> Any:
+    """np.nanmedian without the warning for an all-NaN slice (that slice gives NaN)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmedian(a, axis=axis)
+
+
+def is_weight_layer(layer_type: str) -> bool:
+    return "Norm" not in layer_type and any(m in layer_type for m in WEIGHT_LAYER_MARKERS)
+
+
+def weight_layers(trace: Trace) -> list[int]:
+    """Indices (into ``trace.layers``) of the weight layers, in forward order."""
+    return [
+        i for i, name in enumerate(trace.layers) if is_weight_layer(trace.layer_types.get(name, ""))
+    ]
+
+
+def finite_loss(trace: Trace) -> np.ndarray:
+    """The recorded training losses that are finite, in step order."""
+    loss = trace.loss()
+    return loss[np.isfinite(loss)]
+
+
+def window(n: int) -> int:
+    return max(MIN_LOSS_WINDOW, int(math.ceil(LOSS_WINDOW_FRACTION * n)))
+
+
+def loss_start_end(loss: np.ndarray) -> tuple[float, float]:
+    """Median loss over the first and over the last window of steps."""
+    w = window(len(loss))
+    return float(np.median(loss[:w])), float(np.median(loss[-w:]))
+
+
+def smooth(loss: np.ndarray) -> np.ndarray:
+    """Running median over a window of steps: mini-batch noise out, the trend kept."""
+    w = window(len(loss))
+    if len(loss) <= w:
+        return loss.copy()
+    return np.array([np.median(loss[max(0, i - w + 1) : i + 1]) for i in range(w - 1, len(loss))])
+
+
+def relative_drop(loss: np.ndarray) -> float:
+    """How much of its starting value the loss lost over the run (negative when it grew)."""
+    start, end = loss_start_end(loss)
+    return (start - end) / start if start > 0 else math.nan
+
+
+def eval_series(trace: Trace, stat: str) -> tuple[np.ndarray, np.ndarray]:
+    """Steps and values of an evaluation metric, keeping only finite values."""
+    if len(trace.evals) == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0)
+    steps, values = trace.eval_metric(stat)
+    keep = np.isfinite(values)
+    return steps[keep], values[keep]
+
+
+def stopped_early(trace: Trace) -> bool:
+    stopped = trace.meta.get("stopped") or {}
+    return stopped.get("reason", "completed") not in ("completed", None)
+
+
+def round_sig(x: float, digits: int = 3) -> float:
+    """A number rounded to ``digits`` significant figures, for evidence a person reads."""
+    if not isinstance(x, int | float) or not math.isfinite(x) or x == 0:
+        return float(x)
+    return round(float(x), digits - 1 - int(math.floor(math.log10(abs(x)))))

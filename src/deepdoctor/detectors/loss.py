@@ -1,0 +1,342 @@
+"""Loss detectors: nonfinite, diverging_loss, oscillating_loss, stalled_loss, bad_init_loss.
+
+They read the per-step training loss (``probe.record_loss``); a trace without it gets no loss
+finding rather than a guess. Levels are compared through medians over windows of steps
+(``_common.window``), so one unlucky mini-batch never decides anything.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..findings import Finding
+from ..trace import Trace
+from ._common import (
+    finite_loss,
+    loss_start_end,
+    nanmedian,
+    relative_drop,
+    round_sig,
+    smooth,
+    stopped_early,
+)
+
+BLOWUP_FACTOR = 20.0  # a loss 20x its start has no way back in a short run: stop, critical
+DIVERGE_RATIO = 1.25  # ending 25% above the start: the run made the model worse
+DIVERGE_FROM_MIN = 2.0  # ... or ending at twice its lowest (smoothed) level
+DIVERGE_MIN_RISE = 0.1  # ... a rise of at least 10% of the starting loss (not noise at ~0)
+# Oscillation, in units of the starting loss over the second half of the run (see
+# ``oscillation``). Healthy runs in the suite: step-to-step swing up to 0.08 (noisy labels,
+# batches of 64), up-and-down travel of the running median up to 0.16 while still falling.
+OSCILLATION_SWING = 0.15
+OSCILLATION_TRAVEL = 0.2  # ... counted only when the running median is not settling:
+SETTLING = 0.05  # it fell by less than 5% of the starting loss over the second half
+STALL_DROP = 0.05  # the loss fell by less than 5% of its start over the whole run
+CRAWL_DROP = 0.2  # ... or by less than 20% while ...
+CRAWL_UPDATE = 1e-4  # ... the weights moved less than 1e-4 of their norm per step (the
+#                      rule of thumb for a healthy SGD step is ~1e-3), in every layer
+MIN_STEPS = 10  # fewer recorded steps than this: too short to judge a curve
+BAD_INIT_RATIO = 3.0  # step-0 loss over ln(classes): 3x means confidently wrong logits
+BAD_INIT_INFO = 1.5  # 1.5x: logits larger than a calibrated start, worth a note
+LOWER_LR_FIRST = ["lower_lr", "gradient_clipping", "lr_warmup"]
+
+
+def detect(trace: Trace) -> list[Finding]:
+    findings = _nonfinite(trace)
+    loss = finite_loss(trace)
+    if len(loss) == 0:
+        return findings
+    diverging = _diverging(trace, loss)
+    findings += diverging
+    findings += _bad_init(trace)
+    if len(loss) >= MIN_STEPS:
+        findings += _oscillating(loss)
+        if not diverging:
+            findings += _stalled(trace, loss)
+    return findings
+
+
+# -- nonfinite ----------------------------------------------------------------------------
+
+
+def _first_flag(trace: Trace) -> tuple[int | None, list[str]]:
+    """First step with a non-finite loss, gradient or weight, and which of them."""
+    if len(trace.steps) == 0:
+        return None, []
+    flags = {
+        what: trace.steps.array(f"nonfinite_{what}")[:, 0] > 0
+        for what in ("loss", "grad", "weight")
+    }
+    bad = np.flatnonzero(np.any(np.stack(list(flags.values())), axis=0))
+    if len(bad) == 0:
+        return None, []
+    i = int(bad[0])
+    return int(trace.steps.steps[i]), [w for w, f in flags.items() if f[i]]
+
+
+def _first_layer(trace: Trace, step: int | None) -> str | None:
+    """The first module (forward order) whose output, gradient or weights went non-finite."""
+    if len(trace.acts):
+        acts = trace.acts.array("nonfinite")
+        rows = np.flatnonzero(np.nan_to_num(acts, nan=0.0).max(axis=1) > 0)
+        if len(rows):
+            return trace.act_layers[int(np.argmax(acts[rows[0]] > 0))]
+    if step is not None and step in trace.layer.steps:
+        i = trace.layer.steps.index(step)
+        for stat in ("weight_norm", "grad_norm_weight", "grad_norm_bias"):
+            row = trace.layer.array(stat)[i]
+            bad = np.flatnonzero(np.isinf(row) | (np.isnan(row) & (stat == "weight_norm")))
+            if len(bad):
+                return trace.layers[int(bad[0])]
+    return None
+
+
+def _nonfinite(trace: Trace) -> list[Finding]:
+    at = dict(trace.meta.get("nonfinite_at") or {})
+    step, what = _first_flag(trace)
+    if not at and step is None:
+        return []
+    if at:
+        step = at.get("step", step)
+        what = what or ["loss"]
+    layer = at.get("first_nonfinite_module") or _first_layer(trace, step)
+    weights = list(at.get("nonfinite_weights") or [])
+    where = f", first in {layer}" if layer else ""
+    return [
+        Finding(
+            kind="nonfinite",
+            severity="critical",
+            summary=(
+                f"The {' and '.join(what)} became NaN or Inf at step {step}{where}: lower the "
+                "learning rate or clip the gradient, and check that module's inputs."
+            ),
+            layers=[layer] if layer else weights,
+            evidence={
+                "step": step,
+                "first_module": layer,
+                "nonfinite": what,
+                "nonfinite_weights": weights,
+            },
+            remedies=LOWER_LR_FIRST,
+        )
+    ]
+
+
+# -- the shape of the loss curve ---------------------------------------------------------------
+
+
+def _blowup_factor(trace: Trace) -> float:
+    factor = trace.meta.get("blowup_factor", BLOWUP_FACTOR)
+    return float(factor) if isinstance(factor, int | float) else BLOWUP_FACTOR
+
+
+def _diverging(trace: Trace, loss: np.ndarray) -> list[Finding]:
+    start = float(np.median(loss[: min(3, len(loss))]))
+    peak = float(loss.max())
+    factor = _blowup_factor(trace)
+    stop = trace.meta.get("stopped") or {}
+    if stop.get("reason") == "loss_blowup" or (start > 0 and peak > factor * start):
+        step = int(
+            trace.steps.steps[
+                int(np.nanargmax(np.where(np.isfinite(trace.loss()), trace.loss(), -np.inf)))
+            ]
+        )
+        return [
+            Finding(
+                kind="diverging_loss",
+                severity="critical",
+                summary=(
+                    f"The loss blew up to {peak:.3g} ({peak / start:.3g}x its start) by step "
+                    f"{step}: lower the learning rate (by 10x) or clip the gradient."
+                ),
+                evidence={
+                    "start_loss": round_sig(start),
+                    "peak_loss": round_sig(peak),
+                    "ratio": round_sig(peak / start),
+                    "threshold": factor,
+                    "step": step,
+                },
+                remedies=LOWER_LR_FIRST,
+            )
+        ]
+    if len(loss) < MIN_STEPS:
+        return []
+    first, end = loss_start_end(loss)
+    trend = smooth(loss)
+    low = float(trend.min())
+    rose_from_start = end > DIVERGE_RATIO * first
+    rose_from_min = end > DIVERGE_FROM_MIN * low and end - low > DIVERGE_MIN_RISE * first
+    if not (rose_from_start or rose_from_min):
+        return []
+    return [
+        Finding(
+            kind="diverging_loss",
+            severity="warning",
+            summary=(
+                f"The loss rose to {end:.3g} at the end from a low of {low:.3g} (start "
+                f"{first:.3g}): the learning rate is too high for this stage; lower it or "
+                "add a warmup."
+            ),
+            evidence={
+                "start_loss": round_sig(first),
+                "min_loss": round_sig(low),
+                "end_loss": round_sig(end),
+                "ratio_to_start": round_sig(end / first),
+                "ratio_to_min": round_sig(end / low) if low > 0 else math.inf,
+                "threshold_start": DIVERGE_RATIO,
+                "threshold_min": DIVERGE_FROM_MIN,
+            },
+            remedies=LOWER_LR_FIRST,
+        )
+    ]
+
+
+def oscillation(loss: np.ndarray) -> dict[str, float]:
+    """How the loss swings over the second half of the run, in units of its starting value.
+
+    ``swing``: robust spread of the step-to-step loss around its running median (fast
+    swings). ``travel``: how far the running median went up and down beyond its net change
+    (slow swings, e.g. from heavy momentum). ``settling``: how much the running median fell
+    over the second half. Measured against the starting loss, not the current level, so the
+    relative noise of a loss that has almost reached zero does not count.
+    """
+    start = float(np.median(loss[: min(3, len(loss))]))
+    trend = smooth(loss)
+    half = loss[len(loss) // 2 :]
+    trend_half = trend[len(trend) // 2 :]
+    aligned = trend[-len(half) :] if len(trend) >= len(half) else np.full_like(half, half.mean())
+    swing = float(np.median(np.abs(half - aligned))) * 1.4826  # robust std of the residual
+    travel = float(np.abs(np.diff(trend_half)).sum() - abs(trend_half[-1] - trend_half[0]))
+    settling = float(trend_half[0] - trend_half[-1])
+    if start <= 0:
+        return {"swing": math.nan, "travel": math.nan, "settling": math.nan}
+    return {"swing": swing / start, "travel": travel / (2 * start), "settling": settling / start}
+
+
+def _oscillating(loss: np.ndarray) -> list[Finding]:
+    osc = oscillation(loss)
+    fast = osc["swing"] > OSCILLATION_SWING
+    slow = osc["travel"] > OSCILLATION_TRAVEL and osc["settling"] < SETTLING
+    if not (fast or slow):
+        return []
+    size = osc["swing"] if fast else osc["travel"]
+    return [
+        Finding(
+            kind="oscillating_loss",
+            severity="warning",
+            summary=(
+                f"The loss swings by {size:.2g}x its starting value "
+                f"{'from step to step' if fast else 'up and down'} over the second half "
+                "without settling: lower the learning rate (or the momentum), or add a decay."
+            ),
+            evidence={
+                "swing": round_sig(osc["swing"]),
+                "threshold_swing": OSCILLATION_SWING,
+                "travel": round_sig(osc["travel"]),
+                "threshold_travel": OSCILLATION_TRAVEL,
+                "settling": round_sig(osc["settling"]),
+            },
+            remedies=["lower_lr", "lr_warmup", "gradient_clipping", "adam"],
+        )
+    ]
+
+
+def _stalled(trace: Trace, loss: np.ndarray) -> list[Finding]:
+    if stopped_early(trace) and (trace.meta.get("stopped") or {}).get("reason") != "early_stopping":
+        return []
+    drop = relative_drop(loss)
+    # The fastest-moving layer's typical update: if even it crawls, the learning rate is small
+    # (vanishing gradients instead leave the early layers still and the last ones moving).
+    update = (
+        float(np.nanmax(nanmedian(trace.updates.array("update_ratio"), axis=0)))
+        if len(trace.updates) and np.isfinite(trace.updates.array("update_ratio")).any()
+        else math.nan
+    )
+    crawling = drop < CRAWL_DROP and update < CRAWL_UPDATE
+    if not (drop < STALL_DROP or crawling):
+        return []
+    start, end = loss_start_end(loss)
+    small_steps = update < CRAWL_UPDATE
+    return [
+        Finding(
+            kind="stalled_loss",
+            severity="warning",
+            summary=(
+                f"The loss hardly moved ({start:.3g} -> {end:.3g}, {100 * drop:.1f}% lower)"
+                + (
+                    f" with weights changing by only {update:.1g} of their size per step: "
+                    "raise the learning rate or switch to Adam."
+                    if small_steps
+                    else ": the signal is not getting through; see the gradient and activation "
+                    "findings, or switch to Adam."
+                )
+            ),
+            evidence={
+                "start_loss": round_sig(start),
+                "end_loss": round_sig(end),
+                "relative_drop": round_sig(drop),
+                "threshold": STALL_DROP,
+                "update_ratio": round_sig(update),
+                "threshold_update": CRAWL_UPDATE,
+            },
+            remedies=(
+                ["raise_lr", "adam", "lr_warmup"]
+                if small_steps
+                else ["adam", "batch_norm", "he_init", "raise_lr"]
+            ),
+        )
+    ]
+
+
+def reference_loss(trace: Trace) -> float | None:
+    """The loss of a calibrated start: ln(classes) for classification, None if unknown."""
+    k = trace.meta.get("n_classes")
+    task = trace.meta.get("task", "classification")
+    if task in ("classification", "binary") and isinstance(k, int) and k >= 2:
+        return math.log(k)
+    return None
+
+
+def _bad_init(trace: Trace) -> list[Finding]:
+    ref = reference_loss(trace)
+    loss = trace.loss()
+    if ref is None or len(loss) == 0 or not math.isfinite(loss[0]):
+        return []
+    first = float(loss[0])
+    ratio = first / ref
+    if not ratio > BAD_INIT_INFO:
+        return []
+    severe = ratio > BAD_INIT_RATIO
+    unscaled = _inputs_unscaled(trace)
+    return [
+        Finding(
+            kind="bad_init_loss",
+            severity="warning" if severe else "info",
+            summary=(
+                f"The loss at initialisation is {first:.3g}, {ratio:.2g}x the {ref:.3g} "
+                "(ln of the classes) of a calibrated start: the logits start too large; "
+                + (
+                    "standardise the inputs."
+                    if unscaled
+                    else "shrink the initial weights (Xavier / He init, or a small output layer)."
+                )
+            ),
+            evidence={
+                "init_loss": round_sig(first),
+                "expected_loss": round_sig(ref),
+                "ratio": round_sig(ratio),
+                "threshold": BAD_INIT_RATIO,
+                "n_classes": trace.meta.get("n_classes"),
+            },
+            remedies=(["standardize_inputs"] if unscaled else []) + ["xavier_init", "he_init"],
+        )
+    ]
+
+
+def _inputs_unscaled(trace: Trace) -> bool:
+    from .data import input_scale
+
+    scale = input_scale(trace)
+    return scale is not None and scale["unscaled"]

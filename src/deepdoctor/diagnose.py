@@ -1,0 +1,328 @@
+"""diagnose: train a copy of the model under the Probe, then name what went wrong.
+
+The run is short and watched: a Probe records per-layer scalars into a Trace, the detectors
+(``deepdoctor.detectors.detect``) read the Trace, and the Diagnosis carries the findings
+with the Trace and the History they came from. The user's model and optimizer are copied
+first (unless ``in_place=True``), so diagnosing never changes them.
+
+A run that blows up is stopped early: training already stops at a non-finite loss, and a
+callback stops it when the loss exceeds ``BLOWUP_FACTOR`` times its starting value, so the
+remaining steps are not wasted on a run that has no way back.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import training
+from ._checks import check_int, check_number
+from .detectors import BLOWUP_FACTOR, detect
+from .experiment import Experiment
+from .findings import Finding
+from .probe import Probe
+from .results import Result
+from .trace import Trace
+from .training import (
+    History,
+    OptimizerSpec,
+    TrainState,
+    as_tensors,
+    infer_task,
+    is_loader,
+    loader_tensors,
+)
+
+EVERY_TARGET_SAMPLES = 20  # sample activations ~20 times per run: enough for a median
+MAX_EVERY = 16  # ... but at least every 16th step, the Probe's own default
+CLASS_COUNT_SAMPLES = 100_000  # count classes over at most this many samples of a loader
+BLOWUP_WINDOW = 3  # the starting loss is the median of the first 3 steps (one batch is noisy)
+
+
+@dataclass
+class Diagnosis(Result):
+    """What a watched training run showed: findings, with the Trace and History behind them.
+
+    ``stopped_at`` is the step at which a critical problem ended the run early (None when it
+    ran its course) and ``stop_reason`` says why (``nonfinite_loss``, ``loss_blowup``, or the
+    loop's own reasons such as ``early_stopping``). ``model`` is the trained copy.
+    """
+
+    result_type = "diagnosis"
+
+    findings: list[Finding]
+    trace: Trace
+    history: History
+    model: nn.Module | None = None
+    stopped_at: int | None = None
+    stop_reason: str = "completed"
+    experiment: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        out["experiment"] = {
+            k: self.experiment.get(k)
+            for k in ("name", "description", "steps", "seed", "batch_size")
+        }
+        out["stopped"] = {"reason": self.stop_reason, "step": self.stopped_at}
+        out["history"] = self.history.to_dict()
+        out["trace"] = self.trace.to_dict()
+        return out
+
+    @classmethod
+    def from_experiment(cls, experiment: Experiment, **options: Any) -> Diagnosis:
+        return diagnose_experiment(experiment, **options)
+
+    def __repr__(self) -> str:
+        kinds = ", ".join(f"{f.kind} ({f.severity})" for f in self.findings) or "none"
+        state = "healthy" if self.healthy else "unhealthy"
+        return f"Diagnosis({state}; findings: {kinds}; stopped: {self.stop_reason})"
+
+
+class BlowupStop:
+    """Stop the run once the loss exceeds ``factor`` times its starting value."""
+
+    def __init__(self, factor: float = BLOWUP_FACTOR) -> None:
+        self.factor = factor
+        self.first: list[float] = []
+
+    def on_step_end(self, state: TrainState) -> None:
+        loss = state.history.loss[-1]
+        if len(self.first) < BLOWUP_WINDOW:
+            self.first.append(loss)
+        start = sorted(self.first)[len(self.first) // 2]
+        if loss > self.factor * start and start > 0:
+            state.stop = "loss_blowup"
+
+
+def copy_optimizer(
+    optimizer: torch.optim.Optimizer, source: nn.Module, target: nn.Module
+) -> torch.optim.Optimizer:
+    """The same optimizer (class, hyper-parameters, state) bound to ``target``'s parameters.
+
+    Parameters are matched by their position in ``source.parameters()``, which a deep copy
+    keeps.
+    """
+    position = {id(p): i for i, p in enumerate(source.parameters())}
+    copied = list(target.parameters())
+    groups = []
+    for group in optimizer.param_groups:
+        missing = [p for p in group["params"] if id(p) not in position]
+        if missing:
+            raise ValueError(
+                f"the optimizer holds {len(missing)} parameter tensors that are not in the "
+                "model; build the optimizer from model.parameters(), or pass in_place=True"
+            )
+        groups.append({**group, "params": [copied[position[id(p)]] for p in group["params"]]})
+    cls: Any = type(optimizer)
+    try:
+        new = cls(groups, **optimizer.defaults)
+    except TypeError:  # an optimizer whose constructor does not take all its defaults back
+        new = cls(groups)
+    # load_state_dict keeps tensors that already have the right dtype and device, so without
+    # the deep copy both optimizers would update the same momentum buffers in place.
+    new.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+    return new
+
+
+def _targets(data: Any) -> torch.Tensor:
+    if is_loader(data):
+        return loader_tensors(data, CLASS_COUNT_SAMPLES)[1]
+    return data[1]
+
+
+def _data_meta(train_data: Any, loss_fn: Any, n_classes: int | None) -> dict[str, Any]:
+    """What the detectors need to know about the targets: task, classes, class counts."""
+    y = _targets(train_data)
+    task = infer_task(y, loss_fn)
+    meta: dict[str, Any] = {"task": task}
+    if task == "classification":
+        counts = torch.bincount(y.reshape(-1).long().clamp(min=0))
+        meta["n_classes"] = int(n_classes or len(counts))
+        meta["class_counts"] = counts.tolist()
+    elif task == "binary":
+        positives = int((y > 0.5).sum())
+        meta["n_classes"] = 2
+        meta["class_counts"] = [int(y.numel()) - positives, positives]
+    else:
+        meta["target_var"] = float(y.float().var()) if y.numel() > 1 else math.nan
+    return meta
+
+
+PREFLIGHT_SAMPLES = 4  # the shape check runs the model on this many training samples
+
+
+def _preflight(model: nn.Module, train_data: Any, loss_fn: Any) -> None:
+    """Run the model once on a few training samples, so a model that cannot fit the data
+    fails here with one sentence, not from deep inside torch in the middle of training."""
+    X, y = training.loader_tensors(train_data, PREFLIGHT_SAMPLES)
+    task = infer_task(y, loss_fn)
+    was_training = model.training
+    model.eval()  # no batch-norm statistics updated, no dropout drawn
+    try:
+        with torch.no_grad():
+            try:
+                output = model(X)
+            except RuntimeError as exc:
+                first = str(exc).splitlines()[0]
+                raise ValueError(
+                    f"the model cannot run on the training inputs of shape "
+                    f"{tuple(X.shape[1:])} per sample ({first}); make its first layer "
+                    "match the data"
+                ) from exc
+            out = training.fit_output(training.logits_of(output), y, task)
+            training.compute_loss(loss_fn or training.default_loss(y), out, y)
+    finally:
+        model.train(was_training)
+
+
+def diagnose(
+    model: nn.Module,
+    train: Any,
+    val: Any = None,
+    loss_fn: Callable[..., torch.Tensor] | None = None,
+    optimizer: OptimizerSpec = None,
+    steps: int = 200,
+    seed: int = 0,
+    *,
+    batch_size: int = 64,
+    in_place: bool = False,
+    every: int | None = None,
+    progress: bool | str = False,
+    n_classes: int | None = None,
+    clip_grad: float | None = None,
+    schedule: str = "constant",
+    early_stopping: int | None = None,
+    eval_every: int | None = None,
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    blowup: float = BLOWUP_FACTOR,
+    name: str = "diagnose",
+    description: str = "",
+) -> Diagnosis:
+    """Train a copy of ``model`` for ``steps`` steps under the Probe and name its problems.
+
+    train, val: a DataLoader or a tuple (X, y). loss_fn: default cross-entropy for integer
+    targets, MSE otherwise. optimizer: an instance (copied along with the model) or a
+    factory ``params -> optimizer``; default SGD(lr=0.1). in_place: train ``model`` and
+    ``optimizer`` themselves. every: record activations every so many steps (default: about
+    20 times per run). blowup: stop when the loss exceeds this multiple of its start.
+    The other keywords are passed to ``deepdoctor.training.train``.
+
+    >>> import deepdoctor as dd
+    >>> split = dd.data.load("digits")
+    >>> diag = dd.diagnose(dd.models.mlp(64, 10), split.train, split.val, steps=100)
+    >>> sorted(f.kind for f in diag.findings if f.is_problem)
+    []
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"model must be an nn.Module, got {type(model).__name__}; "
+            "to diagnose an Experiment use diagnose_experiment(exp)"
+        )
+    steps = check_int("steps", steps, minimum=1)
+    seed = check_int("seed", seed, minimum=0)
+    blowup = check_number("blowup", blowup, minimum=1.0)
+    if every is None:
+        every = max(1, min(MAX_EVERY, steps // EVERY_TARGET_SAMPLES))
+    every = check_int("every", every, minimum=1)
+    if not is_loader(train):
+        train = as_tensors(train, "train")
+    if val is not None and not is_loader(val):
+        val = as_tensors(val, "val")
+    _preflight(model, train, loss_fn)
+    if not in_place:
+        original = model
+        model = copy.deepcopy(model)
+        if isinstance(optimizer, torch.optim.Optimizer):
+            optimizer = copy_optimizer(optimizer, original, model)
+
+    meta = _data_meta(train, loss_fn, n_classes)
+    meta.update(steps_planned=steps, batch_size=batch_size, seed=seed)
+    probe_opt = optimizer if isinstance(optimizer, torch.optim.Optimizer) else None
+    with Probe(model, optimizer=probe_opt, every=every) as probe:
+        probe.trace.meta.update(meta)
+        history = training.train(
+            model,
+            train,
+            val,
+            loss_fn=loss_fn,
+            optimizer=optimizer,
+            steps=steps,
+            batch_size=batch_size,
+            seed=seed,
+            clip_grad=clip_grad,
+            schedule=schedule,
+            early_stopping=early_stopping,
+            eval_every=eval_every,
+            probe=probe,
+            progress=progress,
+            augment=augment,
+            callbacks=[BlowupStop(blowup)],
+        )
+    trace = probe.trace
+    early = history.stopped not in ("completed",)
+    trace.meta["stopped"] = {"reason": history.stopped, "step": history.stop_step}
+    trace.meta["blowup_factor"] = blowup
+    return Diagnosis(
+        findings=detect(trace),
+        trace=trace,
+        history=history,
+        model=model,
+        stopped_at=history.stop_step if early else None,
+        stop_reason=history.stopped,
+        experiment={
+            "name": name,
+            "description": description,
+            "steps": steps,
+            "seed": seed,
+            "batch_size": batch_size,
+        },
+    )
+
+
+def diagnose_experiment(
+    experiment: Experiment,
+    *,
+    steps: int | None = None,
+    seed: int | None = None,
+    progress: bool | str = False,
+    **options: Any,
+) -> Diagnosis:
+    """Diagnose an Experiment: a fresh model from its builder, trained with its settings."""
+    if not isinstance(experiment, Experiment):
+        raise TypeError(
+            f"diagnose_experiment needs a deepdoctor.Experiment, got {type(experiment).__name__}"
+        )
+    exp = experiment
+    if steps is not None or seed is not None:
+        exp = exp.replace(
+            steps=exp.steps if steps is None else steps, seed=exp.seed if seed is None else seed
+        )
+    model = exp.build()
+    return diagnose(
+        model,
+        exp.train,
+        exp.val,
+        loss_fn=exp.loss_fn,
+        optimizer=exp.optimizer,
+        steps=exp.steps,
+        seed=exp.seed,
+        batch_size=exp.batch_size,
+        in_place=True,
+        progress=progress,
+        n_classes=exp.n_classes,
+        clip_grad=exp.clip_grad,
+        schedule=exp.schedule,
+        early_stopping=exp.early_stopping,
+        eval_every=exp.eval_every,
+        augment=exp.augment,
+        name=exp.name,
+        description=exp.description,
+        **options,
+    )

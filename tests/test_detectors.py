@@ -1,0 +1,274 @@
+"""Each detector on a hand-built Trace: the rule fires on the numbers it should, with those
+numbers and its threshold in the evidence, and stays silent when its inputs are missing."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import deepdoctor as dd
+from deepdoctor.detectors import activations, data, fit, gradients, loss
+from deepdoctor.findings import KINDS, REMEDIES
+from deepdoctor.trace import Trace
+
+
+def make_trace(
+    relative: list[float] | None = None,
+    types: list[str] | None = None,
+    losses: list[float] | None = None,
+    steps: int = 50,
+    meta: dict | None = None,
+) -> Trace:
+    """A trace whose layers have constant relative gradients ``relative`` (weight norm 1)."""
+    relative = relative or [0.1, 0.1, 0.1, 0.1]
+    types = types or ["Linear"] * len(relative)
+    names = [f"l{i}" for i in range(len(relative))]
+    trace = Trace(names, dict(zip(names, types, strict=True)), meta=meta or {})
+    losses = losses if losses is not None else [2.3 * math.exp(-s / 10) + 0.1 for s in range(steps)]
+    for s, value in enumerate(losses):
+        trace.steps.append(
+            s,
+            {
+                "loss": [value],
+                "lr": [0.1],
+                "grad_norm_total": [1.0],
+                "nonfinite_loss": [float(not math.isfinite(value))],
+                "nonfinite_grad": [0.0],
+                "nonfinite_weight": [0.0],
+            },
+        )
+        trace.layer.append(
+            s,
+            {
+                "grad_norm_weight": list(relative),
+                "grad_norm_bias": [math.nan] * len(relative),
+                "weight_norm": [1.0] * len(relative),
+            },
+        )
+    return trace
+
+
+def kinds(findings: list[dd.Finding]) -> dict[str, str]:
+    return {f.kind: f.severity for f in findings}
+
+
+def test_detect_on_an_empty_trace_finds_nothing() -> None:
+    assert dd.detect(Trace(["fc"], {"fc": "Linear"})) == []
+
+
+def test_detect_rejects_what_is_not_a_trace() -> None:
+    with pytest.raises(TypeError, match="probe.trace"):
+        dd.detect({"loss": [1.0]})  # type: ignore[arg-type]
+
+
+def test_a_healthy_trace_gives_no_finding() -> None:
+    trace = make_trace([0.05, 0.06, 0.05, 0.2], meta={"n_classes": 10, "task": "classification"})
+    assert dd.detect(trace) == []
+
+
+def test_vanishing_gradients_are_named_with_the_ratio_and_slow_layers() -> None:
+    # Relative gradient falls 10x per layer towards the input: 8 layers, first quarter
+    # (l0, l1) median 10^-6.5, last quarter (l6, l7) median 10^-0.5 -> ratio 10^6.
+    rel = [10.0 ** -(7 - i) for i in range(8)]
+    findings = gradients.detect(make_trace(rel))
+    (f,) = findings
+    assert f.kind == "vanishing_gradients" and f.severity == "warning"
+    assert f.evidence["last_over_first"] == pytest.approx(1e6, rel=1e-6)
+    assert f.evidence["threshold"] == gradients.VANISH_RATIO
+    assert f.layers == ["l0", "l1", "l2", "l3", "l4"]  # 100x or more below the last quarter
+    assert f.remedies[0] in REMEDIES
+
+
+def test_norm_layers_and_embeddings_do_not_count_as_depth() -> None:
+    # Huge relative gradients in LayerNorm / Embedding must not make a flat profile vanish.
+    rel = [0.1, 1e-6, 0.1, 1e-6, 0.1, 0.1]
+    types = ["Linear", "LayerNorm", "Conv2d", "Embedding", "LSTM", "Linear"]
+    assert gradients.detect(make_trace(rel, types)) == []
+
+
+def test_exploding_gradients_grow_towards_the_input() -> None:
+    rel = [10.0, 3.0, 1.0, 0.3, 0.1, 0.1, 0.05, 0.05]
+    (f,) = gradients.detect(make_trace(rel))
+    assert f.kind == "exploding_gradients"
+    # first quarter median 6.5, last quarter median 0.05
+    assert f.evidence["first_over_last"] == pytest.approx(130.0)
+    assert "l0" in f.layers
+
+
+def test_a_gradient_cliff_is_exploding() -> None:
+    trace = make_trace([0.1, 0.1, 0.1, 0.1])
+    trace.steps.rows["grad_norm_total"][30][0] = 500.0
+    (f,) = gradients.detect(trace)
+    assert f.kind == "exploding_gradients"
+    assert f.evidence == {"jump": 500.0, "threshold": gradients.EXPLODE_JUMP, "step": 30}
+
+
+def test_nonfinite_reads_first_step_and_module_from_meta() -> None:
+    trace = make_trace(
+        losses=[2.3, 2.2, math.nan],
+        meta={
+            "nonfinite_at": {"step": 2, "first_nonfinite_module": "log", "nonfinite_weights": []}
+        },
+    )
+    f = next(f for f in dd.detect(trace) if f.kind == "nonfinite")
+    assert f.severity == "critical"
+    assert f.evidence["step"] == 2 and f.evidence["first_module"] == "log"
+    assert f.layers == ["log"] and "step 2" in f.summary
+
+
+def test_nonfinite_without_meta_uses_the_step_flags() -> None:
+    trace = make_trace(steps=20)
+    trace.steps.rows["nonfinite_grad"][7][0] = 1.0
+    trace.layer.rows["grad_norm_weight"][7][2] = math.inf
+    f = next(f for f in loss.detect(trace) if f.kind == "nonfinite")
+    assert f.evidence["step"] == 7 and f.evidence["nonfinite"] == ["grad"]
+    assert f.layers == ["l2"]
+
+
+def test_a_blown_up_loss_is_critical_divergence() -> None:
+    losses = [2.0, 2.1, 2.0, 5.0, 60.0]
+    f = next(f for f in loss.detect(make_trace(losses=losses)) if f.kind == "diverging_loss")
+    assert f.severity == "critical"
+    assert f.evidence["ratio"] == pytest.approx(30.0) and f.evidence["step"] == 4
+
+
+def test_a_loss_that_climbs_back_is_diverging() -> None:
+    losses = [2.3 - 0.04 * s for s in range(25)] + [1.3 + 0.1 * s for s in range(25)]
+    f = next(f for f in loss.detect(make_trace(losses=losses)) if f.kind == "diverging_loss")
+    assert f.severity == "warning"
+    assert f.evidence["end_loss"] > loss.DIVERGE_FROM_MIN * f.evidence["min_loss"]
+
+
+def test_a_swinging_loss_oscillates_and_a_noisy_falling_one_does_not() -> None:
+    swinging = [1.0 + (0.8 if s % 2 else -0.8) * (s > 5) for s in range(60)]
+    assert "oscillating_loss" in kinds(loss.detect(make_trace(losses=swinging)))
+    rng = np.random.default_rng(0)
+    noisy = [2.3 * math.exp(-s / 15) + 0.3 + 0.05 * rng.standard_normal() for s in range(60)]
+    assert "oscillating_loss" not in kinds(loss.detect(make_trace(losses=noisy)))
+
+
+def test_a_flat_loss_is_stalled() -> None:
+    f = next(f for f in loss.detect(make_trace(losses=[2.3] * 40)) if f.kind == "stalled_loss")
+    assert f.evidence["relative_drop"] == 0.0 and f.evidence["threshold"] == loss.STALL_DROP
+
+
+def test_bad_init_loss_compares_step_zero_with_ln_classes() -> None:
+    trace = make_trace(losses=[10.0] + [2.0] * 30, meta={"n_classes": 10, "task": "classification"})
+    f = next(f for f in loss.detect(trace) if f.kind == "bad_init_loss")
+    assert f.severity == "warning"
+    assert f.evidence["ratio"] == pytest.approx(10.0 / math.log(10), rel=1e-2)
+    assert f.evidence["expected_loss"] == pytest.approx(math.log(10), rel=1e-2)
+
+
+def test_bad_init_loss_needs_the_number_of_classes() -> None:
+    assert "bad_init_loss" not in kinds(loss.detect(make_trace(losses=[10.0] + [2.0] * 30)))
+
+
+def test_without_a_recorded_loss_there_is_no_loss_finding() -> None:
+    trace = make_trace(losses=[math.nan] * 30)
+    trace.steps.rows["nonfinite_loss"] = [[0.0]] * 30  # NaN here means "not recorded"
+    assert loss.detect(trace) == []
+
+
+def _with_inputs(trace: Trace, mean: float, std: float, offset: float) -> Trace:
+    for s in (0, 16, 32):
+        trace.inputs.append(
+            s,
+            {
+                "mean": [mean],
+                "std": [std],
+                "feature_mean_absmax": [offset],
+                "feature_std_max": [std * 1.5],
+                "feature_std_min": [0.0],
+            },
+        )
+    return trace
+
+
+def test_unscaled_inputs_from_the_input_table() -> None:
+    (f,) = data.detect(_with_inputs(make_trace(), mean=4.0, std=6.0, offset=12.0))
+    assert f.kind == "unscaled_inputs"
+    assert f.evidence["rms"] == pytest.approx(math.sqrt(16 + 36), rel=1e-3)
+    assert data.detect(_with_inputs(make_trace(), mean=0.0, std=1.0, offset=0.3)) == []
+
+
+def test_class_imbalance_from_the_class_counts() -> None:
+    (f,) = data.detect(make_trace(meta={"class_counts": [400, 100, 20]}))
+    assert f.kind == "class_imbalance" and f.severity == "warning"
+    assert f.evidence["max_over_min"] == 20.0 and f.evidence["rare_classes"] == [1, 2]
+    (mild,) = data.detect(make_trace(meta={"class_counts": [400, 100]}))
+    assert mild.severity == "info"
+
+
+def _with_acts(trace: Trace, kind: str, stat: str, values: list[float]) -> Trace:
+    trace.act_layers, trace.act_kinds = ["act1"], {"act1": kind}
+    trace.acts.names = ["act1"]
+    for i, v in enumerate(values):
+        row = {s: [math.nan] for s in trace.acts.stats}
+        row[stat] = [v]
+        trace.acts.append(16 * i, row)
+    return trace
+
+
+def test_dead_units_over_the_second_half_of_the_run() -> None:
+    (f,) = activations.detect(_with_acts(make_trace(), "relu", "dead_frac", [0.1, 0.7, 0.8, 0.9]))
+    assert f.kind == "dead_units" and f.severity == "warning"
+    assert f.evidence["dead_frac"] == pytest.approx(0.85) and f.layers == ["act1"]
+
+
+def test_saturation_from_the_start_is_a_warning_and_learned_saturation_is_not() -> None:
+    early = _with_acts(make_trace(), "tanh", "saturated_frac", [0.9, 0.9, 0.9, 0.9])
+    assert kinds(activations.detect(early)) == {"saturated_units": "warning"}
+    # The loss fell from 2.4 to 0.1 and units saturated only later: confident, not stuck.
+    late = _with_acts(make_trace(), "tanh", "saturated_frac", [0.0, 0.1, 0.1, 0.7, 0.8, 0.8])
+    assert kinds(activations.detect(late)) == {"saturated_units": "info"}
+
+
+def _with_evals(trace: Trace, train: list[float], val: list[float]) -> Trace:
+    for i, (t, v) in enumerate(zip(train, val, strict=True)):
+        trace.evals.append(10 * (i + 1), {"train_loss": [t], "val_loss": [v]})
+    return trace
+
+
+def test_overfitting_when_validation_rises_as_training_falls() -> None:
+    trace = _with_evals(make_trace(), [1.0, 0.6, 0.3, 0.1, 0.05], [1.0, 0.7, 0.6, 0.8, 0.9])
+    f = next(f for f in fit.detect(trace) if f.kind == "overfitting")
+    assert f.evidence["val_loss_rise"] == pytest.approx(0.5) and f.evidence["best_step"] == 30
+
+
+def test_still_improving_when_the_last_quarter_keeps_falling() -> None:
+    trace = _with_evals(make_trace(), [2.0, 1.6, 1.2, 0.8, 0.4], [2.0, 1.6, 1.2, 0.8, 0.4])
+    (f,) = fit.detect(trace)
+    assert f.kind == "still_improving" and f.severity == "warning"
+    # last quarter of steps 10..50 starts at 40: 0.8 -> 0.4 is half the level
+    assert f.evidence["last_quarter_drop"] == pytest.approx(0.5)
+
+
+def test_underfitting_is_a_poor_plateau() -> None:
+    trace = _with_evals(
+        make_trace(meta={"n_classes": 4, "task": "classification"}),
+        [1.38, 1.2, 1.1, 1.1, 1.1],
+        [1.38, 1.2, 1.1, 1.1, 1.1],
+    )
+    (f,) = fit.detect(trace)
+    assert f.kind == "underfitting"
+    assert f.evidence["fraction"] == pytest.approx(1.1 / math.log(4), rel=1e-2)
+
+
+def test_every_finding_uses_the_contract_vocabulary() -> None:
+    trace = _with_evals(
+        make_trace(
+            [10.0 ** -(7 - i) for i in range(8)],
+            losses=[10.0] * 40,
+            meta={"n_classes": 3, "class_counts": [100, 1, 1]},
+        ),
+        [1.0, 0.6, 0.3, 0.1, 0.05],
+        [1.0, 0.7, 0.6, 0.8, 0.9],
+    )
+    findings = dd.detect(trace)
+    assert len(findings) >= 4
+    for f in findings:
+        assert f.kind in KINDS and set(f.remedies) <= set(REMEDIES) and f.remedies
+        assert f.summary.endswith(".") and any("threshold" in k for k in f.evidence)
