@@ -75,7 +75,8 @@ def test_diagnosis_page_shows_findings_first_then_every_plot(
     assert "2 problems (1 critical, 1 warning)" in page
     final = diagnosis["history"]["evals"][-1]["val_accuracy"]
     assert f"{100 * final:.1f}%" in page
-    assert plots.HEATMAP_GAP_NOTE not in page and plots.LINE_GAP_NOTE not in page
+    for note in (plots.HEATMAP_GAP_NOTE, plots.HEATMAP_PARTIAL_NOTE, plots.LINE_GAP_NOTE):
+        assert note[1:] not in page
 
 
 def test_page_is_self_contained(page: str) -> None:
@@ -194,16 +195,27 @@ def test_reduce_grid_leaves_gaps_out_of_means_and_flags_them() -> None:
     rows = [[1.0, None], [None, None], [3.0, 4.0], [5.0, None], [7.0, 8.0], [9.0, 10.0]]
     red = plots.reduce_grid(rows, [0, 1, 2, 3, 4, 5], 2, max_rows=3)
     assert red.steps_per_row == 2
+    assert (red.first_step, red.end_step, red.column_width()) == (0, 6, 2)
     np.testing.assert_allclose(red.values[:, 0], [1.0, 4.0, 8.0])
     assert math.isnan(red.values[0, 1]) and red.values[1, 1] == 4.0
     assert red.missing.tolist() == [[False, True], [False, False], [False, False]]
     assert red.partial.tolist() == [[True, False], [False, True], [False, False]]
 
 
+def test_reduce_grid_spans_the_steps_recorded_every_16th() -> None:
+    red = plots.reduce_grid([[0.1]] * 10, list(range(0, 160, 16)), 1, max_rows=5)
+    assert (red.first_step, red.end_step, red.column_width()) == (0, 160, 32)
+
+
 def test_reduce_grid_averages_gradients_in_log_space() -> None:
     rows = [[10.0], [1000.0], [1.0], [1.0]]
     red = plots.reduce_grid(rows, [0, 1, 2, 3], 1, max_rows=2, transform=np.log10)
     np.testing.assert_allclose(red.values[:, 0], [2.0, 0.0])  # geometric means 100 and 1
+
+
+def test_zero_speed_is_a_stub_and_missing_speed_no_bar() -> None:
+    heights = plots.bar_heights(np.array([0.0, np.nan, 1e-3]), floor=1e-4)
+    assert heights[0] == 1e-4 and np.isnan(heights[1]) and heights[2] == 1e-3
 
 
 def test_reduce_columns_and_line_keep_gaps_visible() -> None:
@@ -227,6 +239,9 @@ def test_huge_run_gives_a_small_page_and_says_it_was_downsampled(tmp_path: Path)
     assert "Dead units: downsampled for drawing" in page
     assert "Per-step loss: mean of 67 steps per point" in page
     assert len(images(page)) == 4
+    # one step in 64 lacks the first 100 layers' gradients: flagged, never a blank cell
+    assert sentence(plots.HEATMAP_PARTIAL_NOTE) in page
+    assert plots.HEATMAP_GAP_NOTE[1:] not in page
 
 
 # -- JSON: schema, save, load -------------------------------------------------------------------

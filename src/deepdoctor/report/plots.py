@@ -53,9 +53,10 @@ BLUE, ORANGE, GREEN, VERMILLION, PURPLE, SKY, YELLOW = (
 )
 GAP_HATCH = "xxx"
 GAP_COLOUR = "0.55"
-HEATMAP_GAP_NOTE = (
-    "hatched cells have no value (NaN, Inf or not recorded); a red triangle "
-    "above a column means some of its values were missing"
+HEATMAP_GAP_NOTE = "hatched cells have no value (NaN, Inf or not recorded)"
+HEATMAP_PARTIAL_NOTE = (
+    "a red triangle above a column means some of its values were missing (NaN, Inf or not "
+    "recorded); its cells show the mean of the rest"
 )
 HEATMAP_TITLE_PAD = 12.0  # points: room above a heatmap for the missing-value triangles
 GAP_LABEL = "no value (NaN / Inf)"
@@ -102,7 +103,11 @@ class Reduced:
     steps_per_row: float
     layers_per_col: float
     first_step: int
-    last_step: int
+    end_step: float  # the last recorded step plus one recording interval
+
+    def column_width(self) -> float:
+        """Optimizer steps covered by one row of ``values`` (one heatmap column)."""
+        return (self.end_step - self.first_step) / max(len(self.values), 1)
 
 
 def reduce_grid(
@@ -140,7 +145,8 @@ def reduce_grid(
         missing, partial = n_bad == sizes, (n_bad > 0) & (n_bad < sizes)
     first = int(steps[0]) if len(steps) else 0
     last = int(steps[-1]) if len(steps) else 0
-    return Reduced(values, missing, partial, n / max(n_bins, 1), 1.0, first, last)
+    interval = (last - first) / (len(steps) - 1) if len(steps) > 1 else 1.0
+    return Reduced(values, missing, partial, n / max(n_bins, 1), 1.0, first, last + interval)
 
 
 def reduce_columns(red: Reduced, max_cols: int) -> Reduced:
@@ -249,11 +255,14 @@ def _heatmap(
     vmin: float,
     vmax: float,
     colour_label: str,
-) -> bool:
-    """Draw a reduced steps x layers grid (layers down, input at the top); True if gaps."""
+) -> list[str]:
+    """Draw a reduced steps x layers grid (layers down, input at the top).
+
+    Returns the notes that explain the gap marks drawn (none when nothing was missing).
+    """
     grid = np.ma.masked_array(red.values.T, mask=red.missing.T | ~np.isfinite(red.values.T))
     colormap = matplotlib.colormaps[cmap].with_extremes(bad=(0, 0, 0, 0))
-    right = red.last_step + max(red.steps_per_row, 1.0)
+    right = red.end_step
     extent = (red.first_step, right, len(names) - 0.5, -0.5)
     # Masked cells are transparent, so the hatched rectangle behind them shows through.
     ax.add_patch(
@@ -285,7 +294,9 @@ def _heatmap(
     ax.set_xlabel("optimizer step")
     _layer_axis(ax, names, "y", red.layers_per_col)
     handles: list[Any] = []
+    notes = []
     if np.ma.is_masked(grid):
+        notes.append(HEATMAP_GAP_NOTE)
         handles.append(
             Patch(
                 facecolor="white",
@@ -297,7 +308,8 @@ def _heatmap(
     partial_rows = red.partial.any(axis=1)
     if partial_rows.any():
         # Blocks averaged over some missing values: flagged by a tick above the plot.
-        x = red.first_step + (np.flatnonzero(partial_rows) + 0.5) * red.steps_per_row
+        notes.append(HEATMAP_PARTIAL_NOTE)
+        x = red.first_step + (np.flatnonzero(partial_rows) + 0.5) * red.column_width()
         handles += ax.plot(
             x,
             np.full(x.size, 1.01),
@@ -311,7 +323,7 @@ def _heatmap(
         )
     if handles:
         ax.legend(handles=handles, loc="upper right", fontsize=8, framealpha=0.9)
-    return bool(handles)
+    return notes
 
 
 def _reduction_note(red: Reduced) -> str:
@@ -355,7 +367,7 @@ def gradient_heatmap(trace: dict[str, Any]) -> Plot | None:
         vmin, vmax = vmin - 0.5, vmax + 0.5
     fig = _new_figure(10, max(3.2, min(7.5, 1.8 + 0.14 * min(len(names), MAX_DRAW_LAYERS))))
     ax = fig.add_subplot()
-    gaps = _heatmap(
+    gap_notes = _heatmap(
         fig, ax, red, names, "viridis", vmin, vmax, "log10 gradient norm\n(L2, dimensionless)"
     )
     ax.set_ylabel("layer (input at top, output at bottom)")
@@ -374,7 +386,7 @@ def gradient_heatmap(trace: dict[str, Any]) -> Plot | None:
         "yellow means exploding ones.",
         _png(fig),
         "heatmap of log10 gradient norm, layers by optimizer steps",
-        [n for n in (note, HEATMAP_GAP_NOTE if gaps else "") if n],
+        ([note] if note else []) + gap_notes,
     )
 
 
@@ -383,6 +395,15 @@ def _speed_at(rows_bias: Any, rows_weight: Any, n: int, idx: slice) -> np.ndarra
     weight = as_float_array(rows_weight[idx]).reshape(-1, n)
     speed = np.where(np.isnan(bias), weight, bias)  # Trace.learning_speed: bias, else weight
     return _nanmean(np.where(np.isfinite(speed), speed, np.nan), axis=0)
+
+
+def bar_heights(values: np.ndarray, floor: float) -> np.ndarray:
+    """Heights for bars on a log axis.
+
+    A zero (a layer that does not learn at all) shows as a stub at ``floor``; a missing
+    value (NaN) draws no bar at all, and is crossed below the axis instead.
+    """
+    return np.where(np.isfinite(values) & (values <= 0), floor, values)
 
 
 def learning_speed(trace: dict[str, Any]) -> Plot | None:
@@ -405,16 +426,18 @@ def learning_speed(trace: dict[str, Any]) -> Plot | None:
     positive = np.concatenate([start, end])
     positive = positive[np.isfinite(positive) & (positive > 0)]
     floor = float(positive.min()) / 2 if positive.size else 1e-12
+
     if len(names) <= MAX_BAR_LAYERS:
-        ax.bar(x - 0.2, np.where(start > 0, start, floor), width=0.4, color=BLUE, label=start_label)
-        ax.bar(x + 0.2, np.where(end > 0, end, floor), width=0.4, color=ORANGE, label=end_label)
+        ax.bar(x - 0.2, bar_heights(start, floor), width=0.4, color=BLUE, label=start_label)
+        ax.bar(x + 0.2, bar_heights(end, floor), width=0.4, color=ORANGE, label=end_label)
     else:
         ax.plot(x, start, color=BLUE, label=start_label, linewidth=1)
         ax.plot(x, end, color=ORANGE, label=end_label, linewidth=1, linestyle="--")
     if positive.size:
         ax.set_yscale("log")
-    gaps = mark_gaps(ax, x, start, VERMILLION, "no value at start")
-    gaps |= mark_gaps(ax, x, end, VERMILLION, "no value at end")
+    offset = 0.2 if len(names) <= MAX_BAR_LAYERS else 0.0  # under the bar that is missing
+    gaps = mark_gaps(ax, x - offset, start, VERMILLION, "no value at start")
+    gaps |= mark_gaps(ax, x + offset, end, VERMILLION, "no value at end")
     ax.set_xlabel("layer (input on the left, output on the right)")
     ax.set_ylabel("speed of learning:\nbias-gradient L2 norm (log)")
     _layer_axis(ax, names, "x")
@@ -462,8 +485,10 @@ def activation_health(trace: dict[str, Any]) -> Plot | None:
     axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
     notes: list[str] = []
     for ax, (label, red, shown, kind_list) in zip(axes, panels, strict=True):
-        if _heatmap(fig, ax, red, shown, "cividis", 0.0, 100.0, f"% of units {label.split()[0]}"):
-            notes.append(f"{label}: {HEATMAP_GAP_NOTE}")
+        gap_notes = _heatmap(
+            fig, ax, red, shown, "cividis", 0.0, 100.0, f"% of units {label.split()[0]}"
+        )
+        notes += [f"{label}: {n}" for n in gap_notes]
         ax.set_ylabel("activation module\n(input at top)")
         note = _reduction_note(red)
         _title(
@@ -554,7 +579,7 @@ def training_curves(
     axes = fig.subplots(1, 2 if show_acc else 1, squeeze=False, sharex=True)[0]
     loss_ax = axes[0]
     notes: list[str] = []
-    marked = False
+    marked = [False] * len(axes)  # per panel: were any gaps crossed?
     all_loss: list[np.ndarray] = []
     for h, tag in runs:
         style = "--" if tag == "before" else "-"
@@ -576,12 +601,12 @@ def training_curves(
                 label=f"{prefix}train loss per batch",
             )
             all_loss.append(ys)
-            marked |= mark_gaps(loss_ax, xs, ys, VERMILLION, None)
+            marked[0] |= mark_gaps(loss_ax, xs, ys, VERMILLION, None)
         drawn, gaps = _eval_lines(loss_ax, h, LOSS_LINES, style, prefix)
         all_loss += drawn
-        marked |= gaps
+        marked[0] |= gaps
         if show_acc:
-            marked |= _eval_lines(axes[1], h, ACCURACY_LINES, style, prefix, scale=100.0)[1]
+            marked[1] |= _eval_lines(axes[1], h, ACCURACY_LINES, style, prefix, scale=100.0)[1]
     values = np.concatenate(all_loss) if all_loss else np.zeros(0)
     values = values[np.isfinite(values) & (values > 0)]
     if values.size and values.max() / values.min() > LOG_RANGE:
@@ -600,8 +625,8 @@ def training_curves(
         axes[1].set_ylim(0, 100)
         axes[1].set_ylabel("accuracy (%)")
         _title(axes[1], "Accuracy")
-    for ax in axes:
-        if marked:  # one legend entry explains the crosses
+    for ax, crossed in zip(axes, marked, strict=True):
+        if crossed:  # one legend entry explains the crosses
             ax.plot([], [], linestyle="none", marker="x", color=VERMILLION, label=GAP_LABEL)
         ax.set_xlabel("optimizer step")
         ax.legend(fontsize=7, loc="best")
@@ -620,7 +645,7 @@ def training_curves(
         caption,
         _png(fig),
         "line plots of loss and accuracy over optimizer steps",
-        list(dict.fromkeys(notes + ([LINE_GAP_NOTE] if marked else []))),
+        list(dict.fromkeys(notes + ([LINE_GAP_NOTE] if any(marked) else []))),
     )
 
 
