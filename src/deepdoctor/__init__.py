@@ -1,6 +1,7 @@
 """deepdoctor: find out why a deep network trains badly, fix it, and prove the fix."""
 
-from . import data, models
+from . import complexity, data, models
+from .checkup import Checkup, checkup
 from .detectors import detect
 from .diagnose import Diagnosis, diagnose, diagnose_experiment
 from .experiment import Experiment
@@ -13,6 +14,7 @@ from .treat import Treatment, treat
 __version__ = "0.1.0"
 
 __all__ = [
+    "Checkup",
     "Diagnosis",
     "Experiment",
     "KINDS",
@@ -23,6 +25,8 @@ __all__ = [
     "Trace",
     "Treatment",
     "__version__",
+    "checkup",
+    "complexity",
     "data",
     "detect",
     "diagnose",

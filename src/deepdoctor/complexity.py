@@ -40,6 +40,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.modules.module import (
+    register_module_forward_hook,
+    register_module_forward_pre_hook,
+)
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from .findings import Finding, _jsonable
@@ -155,29 +159,28 @@ def located_errors(model: nn.Module) -> Iterator[None]:
     innermost module it was raised in and that module's input shapes.
 
     Every module pushes itself on a stack before its forward and pops after it; a forward
-    that raises never pops, so the top of the stack is where it failed.
+    that raises never pops, so the top of the stack is where it failed. The hooks are
+    global ones (two registrations, not two per module: a 1,000-layer model would otherwise
+    carry thousands of hook handles through its backward pass).
     """
-    stack: list[tuple[str, nn.Module, Any]] = []
+    stack: list[tuple[nn.Module, Any]] = []
 
-    def make_push(name: str) -> Any:
-        def push(module: nn.Module, args: Any) -> None:
-            stack.append((name, module, args))
-
-        return push
+    def push(module: nn.Module, args: Any) -> None:
+        stack.append((module, args))
 
     def pop(module: nn.Module, args: Any, output: Any) -> None:
-        stack.pop()
+        if stack:
+            stack.pop()
 
-    handles = []
-    for name, module in model.named_modules():
-        handles.append(module.register_forward_pre_hook(make_push(name or ROOT_NAME)))
-        handles.append(module.register_forward_hook(pop))
+    handles = [register_module_forward_pre_hook(push), register_module_forward_hook(pop)]
     try:
         yield
     except Exception as exc:
         if not stack:
             raise
-        name, module, args = stack[-1]
+        module, args = stack[-1]
+        name = next((n or ROOT_NAME for n, m in model.named_modules() if m is module),
+                    type(module).__name__)
         raise ValueError(_failure_message(name, module, args, exc)) from exc
     finally:
         for handle in handles:
@@ -252,25 +255,23 @@ def measure(model: nn.Module, example_input: Any, n_samples: int | None = None) 
     ran: list[str] = []
     act_bytes = [0]
 
-    def owner_hook(name: str) -> Any:
-        def hook(module: nn.Module, args: Any, output: Any) -> None:
-            out = output[0] if isinstance(output, tuple | list) else output
+    owner_names = {module: name for name, module in owners.items()}
+    leaves = {m for m in model.modules() if next(m.children(), None) is None}
+
+    def hook(module: nn.Module, args: Any, output: Any) -> None:
+        outs = output if isinstance(output, tuple | list) else (output,)
+        name = owner_names.get(module)
+        if name is not None:
             if name not in reuse:
                 ran.append(name)
                 reuse[name] = 0
-            if isinstance(out, torch.Tensor):
-                reuse[name] += _positions(out, module, batch)
+            if isinstance(outs[0], torch.Tensor):
+                reuse[name] += _positions(outs[0], module, batch)
+        if module in leaves:
+            act_bytes[0] += sum(t.numel() * t.element_size() for t in outs
+                                if isinstance(t, torch.Tensor))
 
-        return hook
-
-    def leaf_hook(module: nn.Module, args: Any, output: Any) -> None:
-        outs = output if isinstance(output, tuple | list) else (output,)
-        act_bytes[0] += sum(t.numel() * t.element_size() for t in outs
-                            if isinstance(t, torch.Tensor))
-
-    handles = [m.register_forward_hook(owner_hook(n)) for n, m in owners.items()]
-    handles += [m.register_forward_hook(leaf_hook) for m in model.modules()
-                if next(m.children(), None) is None]
+    handles = [register_module_forward_hook(hook)]
     counter = FlopCounterMode(display=False, custom_mapping=CPU_FLOP_FORMULAS)
     try:
         with untouched(model), torch.no_grad():
