@@ -122,8 +122,13 @@ CLASS_BALANCE_MIN = 0.85
 CLASS_BALANCE_CRITICAL = 0.5  # a binary batch split 90:10, or worse
 MIN_PER_CLASS = 5  # fewer examples per class than this in the batch: balance is not judged
 
-WEIGHT_LAYER_TYPES = (nn.Linear, nn.modules.conv._ConvNd, nn.RNNBase, nn.Embedding,
-                      nn.MultiheadAttention)
+WEIGHT_LAYER_TYPES = (
+    nn.Linear,
+    nn.modules.conv._ConvNd,
+    nn.RNNBase,
+    nn.Embedding,
+    nn.MultiheadAttention,
+)
 
 
 @dataclass
@@ -141,10 +146,16 @@ class LayerCheck:
     weight_layer: bool = True
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "type": self.type, "out_mean": self.out_mean,
-                "out_std": self.out_std, "grad_norm": self.grad_norm,
-                "grad_to_weight": self.grad_to_weight, "dead_frac": self.dead_frac,
-                "saturated_frac": self.saturated_frac}
+        return {
+            "name": self.name,
+            "type": self.type,
+            "out_mean": self.out_mean,
+            "out_std": self.out_std,
+            "grad_norm": self.grad_norm,
+            "grad_to_weight": self.grad_to_weight,
+            "dead_frac": self.dead_frac,
+            "saturated_frac": self.saturated_frac,
+        }
 
 
 @dataclass
@@ -169,12 +180,16 @@ class Checkup(Result):
 
     def to_dict(self) -> dict[str, Any]:
         out = super().to_dict()
-        out.update(_jsonable({
-            "layers": [layer.to_dict() for layer in self.layers],
-            "input": dict(self.input),
-            "loss": dict(self.loss),
-            "depth": dict(self.depth),
-        }))
+        out.update(
+            _jsonable(
+                {
+                    "layers": [layer.to_dict() for layer in self.layers],
+                    "input": dict(self.input),
+                    "loss": dict(self.loss),
+                    "depth": dict(self.depth),
+                }
+            )
+        )
         out["complexity"] = self.complexity.to_dict()
         return out
 
@@ -193,11 +208,14 @@ class Checkup(Result):
 
 
 def depth_sentence(depth: dict[str, Any]) -> str:
-    rate, trainable, current = (depth.get(k) for k in
-                                ("grad_rate_per_layer", "trainable_depth", "current_depth"))
+    rate, trainable, current = (
+        depth.get(k) for k in ("grad_rate_per_layer", "trainable_depth", "current_depth")
+    )
     if rate is None or not math.isfinite(rate):
-        return (f"trainable depth: not estimated ({current or 0} weight layers; at least "
-                f"{MIN_FIT_LAYERS} are needed for a trend)")
+        return (
+            f"trainable depth: not estimated ({current or 0} weight layers; at least "
+            f"{MIN_FIT_LAYERS} are needed for a trend)"
+        )
     direction = "shrinks" if rate < 1 else "grows"
     per_layer = f"the gradient norm {direction} x{rate:.3g} per layer towards the input"
     if trainable is None or not math.isfinite(trainable):
@@ -269,7 +287,7 @@ class _Pass:
     order: list[str]
     out_mean: dict[str, float]
     out_std: dict[str, float]
-    acts: list[tuple[str, str, dict[str, float]]]  # (activation, source layer, stats)
+    acts: list[tuple[str, str | None, dict[str, float]]]  # (activation, source, stats)
     grad_norm: dict[str, float]
     grad_to_weight: dict[str, float]
     input: dict[str, float]
@@ -280,9 +298,14 @@ class _Pass:
     weights_finite: bool
 
 
-def _observe(model: nn.Module, X: torch.Tensor, y: torch.Tensor,
-             loss_fn: Callable[..., torch.Tensor], task: str,
-             layers: dict[str, nn.Module]) -> _Pass:
+def _observe(
+    model: nn.Module,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn: Callable[..., torch.Tensor],
+    task: str,
+    layers: dict[str, nn.Module],
+) -> _Pass:
     ran: dict[str, None] = {}
     out_names: list[str] = []  # layers whose output stats are in out_rows, in that order
     out_rows = _Rows(2)
@@ -291,8 +314,11 @@ def _observe(model: nn.Module, X: torch.Tensor, y: torch.Tensor,
     last: list[str | None] = [None]
 
     layer_of = {module: name for name, module in layers.items()}
-    act_of = {module: (name or ROOT_NAME, kind) for name, module in model.named_modules()
-              if (kind := activation_kind(module)) is not None}
+    act_of = {
+        module: (name or ROOT_NAME, kind)
+        for name, module in model.named_modules()
+        if (kind := activation_kind(module)) is not None
+    }
 
     def hook(module: nn.Module, args: Any, output: Any) -> None:
         # one global hook, not one per module: see complexity.located_errors
@@ -313,7 +339,7 @@ def _observe(model: nn.Module, X: torch.Tensor, y: torch.Tensor,
         if act is not None and isinstance(output, torch.Tensor):
             src = last[0]
             channel_first = src is not None and isinstance(layers[src], CHANNEL_FIRST_TYPES)
-            act_rows.add(_activation_stat_tensor(output, act[1], channel_first))
+            act_rows.add(_activation_stat_tensor(output, act[1], channel_first, moments=False))
             act_records.append((act[0], src))
 
     handle = register_module_forward_hook(hook)
@@ -327,8 +353,12 @@ def _observe(model: nn.Module, X: torch.Tensor, y: torch.Tensor,
     loss = compute_loss(loss_fn, out, yt)
 
     order = _forward_ordered(list(layers), list(ran))
-    params = [(lname, pname, p) for lname in order
-              for pname, p in layers[lname].named_parameters(recurse=False) if p.requires_grad]
+    params = [
+        (lname, pname, p)
+        for lname in order
+        for pname, p in layers[lname].named_parameters(recurse=False)
+        if p.requires_grad
+    ]
     if not loss.requires_grad:
         raise ValueError(
             "the loss does not depend on any trainable parameter, so there is no gradient to "
@@ -336,17 +366,29 @@ def _observe(model: nn.Module, X: torch.Tensor, y: torch.Tensor,
         )
     grads = torch.autograd.grad(loss, [p for _, _, p in params], allow_unused=True)
     with torch.no_grad():
-        wgrads = [(lname, g) for (lname, pname, _), g in zip(params, grads, strict=True)
-                  if g is not None and not _is_bias(pname)]
+        wgrads = [
+            (lname, g)
+            for (lname, pname, _), g in zip(params, grads, strict=True)
+            if g is not None and not _is_bias(pname)
+        ]
         weights = [(lname, p.detach()) for lname, pname, p in params if not _is_bias(pname)]
-        bgrads = [g for (_, pname, _), g in zip(params, grads, strict=True)
-                  if g is not None and _is_bias(pname)]
+        bgrads = [
+            g
+            for (_, pname, _), g in zip(params, grads, strict=True)
+            if g is not None and _is_bias(pname)
+        ]
         values = _norms([g for _, g in wgrads] + [w for _, w in weights] + bgrads)
         del grads, bgrads
         stats = [out_rows.tensor(), act_rows.tensor()]
         logits = out.detach().float()
-        stats.append(torch.stack([loss.detach().float(), logits.std() if logits.numel() > 1
-                                  else logits.new_zeros(())]))
+        stats.append(
+            torch.stack(
+                [
+                    loss.detach().float(),
+                    logits.std() if logits.numel() > 1 else logits.new_zeros(()),
+                ]
+            )
+        )
         in_stats = _input_stat_tensor(X)
         if in_stats is not None:
             stats.append(in_stats)
@@ -357,14 +399,13 @@ def _observe(model: nn.Module, X: torch.Tensor, y: torch.Tensor,
     w_sq: dict[str, float] = {}
     for (lname, _), v in zip(wgrads, values[:n_wg], strict=True):
         g_sq[lname] = g_sq.get(lname, 0.0) + v * v
-    for (lname, _), v in zip(weights, values[n_wg:n_wg + n_w], strict=True):
+    for (lname, _), v in zip(weights, values[n_wg : n_wg + n_w], strict=True):
         w_sq[lname] = w_sq.get(lname, 0.0) + v * v
     grad_norm = {n: math.sqrt(g_sq[n]) if n in g_sq else math.nan for n in order}
     grad_to_weight = {
-        n: grad_norm[n] / math.sqrt(w_sq[n]) if w_sq.get(n, 0.0) > 0 else math.nan
-        for n in order
+        n: grad_norm[n] / math.sqrt(w_sq[n]) if w_sq.get(n, 0.0) > 0 else math.nan for n in order
     }
-    grad_values = values[:n_wg] + values[n_wg + n_w:]
+    grad_values = values[:n_wg] + values[n_wg + n_w :]
 
     it = iter(flat)
     out_mean: dict[str, float] = {}
@@ -373,15 +414,24 @@ def _observe(model: nn.Module, X: torch.Tensor, y: torch.Tensor,
         out_mean[name], out_std[name] = next(it), next(it)
     acts = [(aname, src, {s: next(it) for s in ACT_STATS}) for aname, src in act_records]
     loss_value, logit_std = next(it), next(it)
-    inputs = {s: next(it) for s in INPUT_STATS} if in_stats is not None else {
-        s: math.nan for s in INPUT_STATS}
+    inputs = (
+        {s: next(it) for s in INPUT_STATS}
+        if in_stats is not None
+        else {s: math.nan for s in INPUT_STATS}
+    )
     return _Pass(
-        order=order, out_mean=out_mean, out_std=out_std, acts=acts, grad_norm=grad_norm,
-        grad_to_weight=grad_to_weight, input=inputs, loss=loss_value, logit_std=logit_std,
-        n_outputs=int(out.shape[1]) if task == "classification" else
-        (2 if task == "binary" else 0),
+        order=order,
+        out_mean=out_mean,
+        out_std=out_std,
+        acts=acts,
+        grad_norm=grad_norm,
+        grad_to_weight=grad_to_weight,
+        input=inputs,
+        loss=loss_value,
+        logit_std=logit_std,
+        n_outputs=int(out.shape[1]) if task == "classification" else (2 if task == "binary" else 0),
         grads_finite=all(math.isfinite(v) for v in grad_values),
-        weights_finite=all(math.isfinite(v) for v in values[n_wg:n_wg + n_w]),
+        weights_finite=all(math.isfinite(v) for v in values[n_wg : n_wg + n_w]),
     )
 
 
@@ -412,14 +462,18 @@ def fit_depth(grad_norms: list[float]) -> dict[str, Any]:
     if len(points) >= MIN_FIT_LAYERS:
         x, logs = np.array(points).T
         slope, intercept = np.polyfit(x, logs, 1)  # log10 change per layer towards the output
-        rate = float(10.0 ** -slope)
+        rate = float(10.0**-slope)
         scatter = logs - (slope * x + intercept)
         spread = float(((x - x.mean()) ** 2).sum())
-        stderr = math.sqrt(float((scatter ** 2).sum()) / max(1, len(x) - 2) / spread)
+        stderr = math.sqrt(float((scatter**2).sum()) / max(1, len(x) - 2) / spread)
         trend = abs(slope) > MIN_TREND_T * stderr
         trainable = 1 + math.log10(DEPTH_SCALE_FACTOR) / float(abs(slope)) if trend else math.inf
-    return {"grad_rate_per_layer": rate, "trainable_depth": trainable,
-            "current_depth": current, "first_to_last_ratio": ratio}
+    return {
+        "grad_rate_per_layer": rate,
+        "trainable_depth": trainable,
+        "current_depth": current,
+        "first_to_last_ratio": ratio,
+    }
 
 
 # -- findings -------------------------------------------------------------------------------
@@ -430,17 +484,22 @@ def _init_remedy(act_kinds: list[str]) -> str:
     if not act_kinds:
         return "xavier_init"
     dominant = max(set(act_kinds), key=act_kinds.count)
-    return "he_init" if dominant in ("relu", "leaky_relu", "prelu", "relu6", "elu", "gelu",
-                                     "silu", "mish") else "xavier_init"
+    return (
+        "he_init"
+        if dominant in ("relu", "leaky_relu", "prelu", "relu6", "elu", "gelu", "silu", "mish")
+        else "xavier_init"
+    )
 
 
-def _gradient_findings(depth: dict[str, Any], rows: list[LayerCheck], saturating: bool,
-                       init: str) -> list[Finding]:
+def _gradient_findings(
+    depth: dict[str, Any], rows: list[LayerCheck], saturating: bool, init: str
+) -> list[Finding]:
     ratio = depth["first_to_last_ratio"]
     names = [r.name for r in rows]
     early = names[: max(1, len(names) // 3)]
-    relative = [r.grad_to_weight for r in rows if r.grad_to_weight > 0
-                and math.isfinite(r.grad_to_weight)]
+    relative = [
+        r.grad_to_weight for r in rows if r.grad_to_weight > 0 and math.isfinite(r.grad_to_weight)
+    ]
     median = float(np.median(relative)) if relative else math.nan
     evidence = {
         "first_to_last_ratio": ratio,
@@ -449,38 +508,60 @@ def _gradient_findings(depth: dict[str, Any], rows: list[LayerCheck], saturating
         "current_depth": depth["current_depth"],
         "median_grad_to_weight": median,
     }
-    vanish_remedies = (["relu_activation", "batch_norm", "residual", "he_init", "layer_norm"]
-                       if saturating else [init, "batch_norm", "residual", "layer_norm"])
+    vanish_remedies = (
+        ["relu_activation", "batch_norm", "residual", "he_init", "layer_norm"]
+        if saturating
+        else [init, "batch_norm", "residual", "layer_norm"]
+    )
     measurable = math.isfinite(ratio) and ratio > 0 and len(rows) >= 2
     if measurable and ratio < VANISHING_RATIO_WARNING:
         severity = "critical" if ratio <= 1 / GRADIENT_RATIO_CRITICAL else "warning"
-        return [Finding(
-            "vanishing_gradients", severity,
-            f"at initialisation the first weight layer's gradient is {1 / ratio:.2g} times "
-            "smaller than the last one's: the early layers will barely learn",
-            early, {**evidence, "threshold": VANISHING_RATIO_WARNING}, vanish_remedies)]
+        return [
+            Finding(
+                "vanishing_gradients",
+                severity,
+                f"at initialisation the first weight layer's gradient is {1 / ratio:.2g} times "
+                "smaller than the last one's: the early layers will barely learn",
+                early,
+                {**evidence, "threshold": VANISHING_RATIO_WARNING},
+                vanish_remedies,
+            )
+        ]
     if measurable and ratio > EXPLODING_RATIO_WARNING:
         severity = "critical" if ratio >= GRADIENT_RATIO_CRITICAL else "warning"
-        return [Finding(
-            "exploding_gradients", severity,
-            f"at initialisation the first weight layer's gradient is {ratio:.2g} times larger "
-            "than the last one's: a learning rate that suits the last layers throws the first "
-            "ones off", early, {**evidence, "threshold": EXPLODING_RATIO_WARNING},
-            [init, "gradient_clipping", "residual", "lower_lr", "layer_norm"])]
+        return [
+            Finding(
+                "exploding_gradients",
+                severity,
+                f"at initialisation the first weight layer's gradient is {ratio:.2g} times larger "
+                "than the last one's: a learning rate that suits the last layers throws the first "
+                "ones off",
+                early,
+                {**evidence, "threshold": EXPLODING_RATIO_WARNING},
+                [init, "gradient_clipping", "residual", "lower_lr", "layer_norm"],
+            )
+        ]
     if median < GRAD_TO_WEIGHT_MIN:
-        return [Finding(
-            "vanishing_gradients", "critical",
-            f"at initialisation every layer's gradient is tiny (median gradient / weight "
-            f"{median:.2g}): the signal dies out through depth and no layer will learn",
-            names, {**evidence, "threshold": GRAD_TO_WEIGHT_MIN}, vanish_remedies)]
+        return [
+            Finding(
+                "vanishing_gradients",
+                "critical",
+                f"at initialisation every layer's gradient is tiny (median gradient / weight "
+                f"{median:.2g}): the signal dies out through depth and no layer will learn",
+                names,
+                {**evidence, "threshold": GRAD_TO_WEIGHT_MIN},
+                vanish_remedies,
+            )
+        ]
     return []
 
 
 def _unit_findings(layers: list[LayerCheck], unscaled: bool, init: str) -> list[Finding]:
     findings = []
-    rules = (("saturated_units", "saturated_frac", SATURATED_FRAC_WARNING,
-              SATURATED_FRAC_CRITICAL),
-             ("dead_units", "dead_frac", DEAD_FRAC_WARNING, DEAD_FRAC_CRITICAL))
+    rules = (
+        ("saturated_units", "saturated_frac", SATURATED_FRAC_WARNING, SATURATED_FRAC_CRITICAL),
+        ("dead_units", "dead_frac", DEAD_FRAC_WARNING, DEAD_FRAC_CRITICAL),
+    )
     for kind, stat, warn, crit in rules:
         values = {layer.name: getattr(layer, stat) for layer in layers}
         hit = [n for n, v in values.items() if math.isfinite(v) and v >= warn]
@@ -488,19 +569,27 @@ def _unit_findings(layers: list[LayerCheck], unscaled: bool, init: str) -> list[
             continue
         worst = max(values[n] for n in hit)
         measured = [v for v in values.values() if math.isfinite(v)]
-        evidence = {f"max_{stat}": worst, f"mean_{stat}": float(np.mean(measured)),
-                    "layers_over": len(hit), "layers_measured": len(measured),
-                    "threshold": warn}
+        evidence = {
+            f"max_{stat}": worst,
+            f"mean_{stat}": float(np.mean(measured)),
+            "layers_over": len(hit),
+            "layers_measured": len(measured),
+            "threshold": warn,
+        }
         severity = "critical" if worst >= crit else "warning"
         first = ["standardize_inputs"] if unscaled else []
         if kind == "saturated_units":
-            summary = (f"{worst:.0%} of the outputs of the worst layer sit in the flat tails "
-                       "of their sigmoid / tanh at initialisation, where almost no gradient "
-                       "passes")
+            summary = (
+                f"{worst:.0%} of the outputs of the worst layer sit in the flat tails "
+                "of their sigmoid / tanh at initialisation, where almost no gradient "
+                "passes"
+            )
             remedies = first + ["xavier_init", "relu_activation", "batch_norm", "layer_norm"]
         else:
-            summary = (f"{worst:.0%} of the worst layer's ReLU units output zero for every "
-                       "example at initialisation: they get no gradient and may never recover")
+            summary = (
+                f"{worst:.0%} of the worst layer's ReLU units output zero for every "
+                "example at initialisation: they get no gradient and may never recover"
+            )
             remedies = first + ["he_init", "leaky_relu_activation", "batch_norm"]
         findings.append(Finding(kind, severity, summary, hit, evidence, remedies))
     return findings
@@ -517,23 +606,34 @@ def _loss_findings(loss: dict[str, Any], unscaled: bool, init: str) -> list[Find
         if excess < INIT_LOSS_EXCESS_WARNING:
             return []
         severity = "critical" if excess >= INIT_LOSS_EXCESS_CRITICAL else "warning"
-        return [Finding(
-            "bad_init_loss", severity,
-            f"the loss at initialisation is {value:.3g}, {excess:.3g} nats above a calibrated "
-            f"start (ln({loss['n_classes']}) = {expected:.3g}): the initial logits (std "
-            f"{loss['logit_std']:.3g}) are confidently wrong",
-            [], {**evidence, "excess_nats": excess, "threshold": INIT_LOSS_EXCESS_WARNING},
-            remedies)]
+        return [
+            Finding(
+                "bad_init_loss",
+                severity,
+                f"the loss at initialisation is {value:.3g}, {excess:.3g} nats above a calibrated "
+                f"start (ln({loss['n_classes']}) = {expected:.3g}): the initial logits (std "
+                f"{loss['logit_std']:.3g}) are confidently wrong",
+                [],
+                {**evidence, "excess_nats": excess, "threshold": INIT_LOSS_EXCESS_WARNING},
+                remedies,
+            )
+        ]
     ratio = value / expected if expected > 0 else math.inf
     if ratio < INIT_MSE_RATIO_WARNING:
         return []
     severity = "critical" if ratio >= INIT_MSE_RATIO_CRITICAL else "warning"
-    return [Finding(
-        "bad_init_loss", severity,
-        f"the loss at initialisation is {value:.3g}, {ratio:.3g} times that of predicting zero "
-        f"({expected:.3g}): the initial outputs (std {loss['logit_std']:.3g}) are far larger "
-        "than the targets", [], {**evidence, "ratio": ratio,
-                                 "threshold": INIT_MSE_RATIO_WARNING}, remedies)]
+    return [
+        Finding(
+            "bad_init_loss",
+            severity,
+            f"the loss at initialisation is {value:.3g}, {ratio:.3g} times that of predicting zero "
+            f"({expected:.3g}): the initial outputs (std {loss['logit_std']:.3g}) are far larger "
+            "than the targets",
+            [],
+            {**evidence, "ratio": ratio, "threshold": INIT_MSE_RATIO_WARNING},
+            remedies,
+        )
+    ]
 
 
 def _unscaled(inputs: dict[str, float]) -> dict[str, Any] | None:
@@ -559,15 +659,22 @@ def _input_findings(inputs: dict[str, float]) -> list[Finding]:
     small = "scale" in reasons
     summary = (
         f"the inputs are tiny (overall scale {reasons['scale']:.2g}): the first layers start "
-        "far quieter than their initialisation assumes" if small else
-        f"input features are far from zero mean / unit scale (largest feature mean "
+        "far quieter than their initialisation assumes"
+        if small
+        else f"input features are far from zero mean / unit scale (largest feature mean "
         f"{inputs['feature_mean_absmax']:.3g}, largest feature std "
         f"{inputs['feature_std_max']:.3g}): the first layer's pre-activations start too large"
     )
-    return [Finding(
-        "unscaled_inputs", "warning", summary, [],
-        {**inputs, "threshold_max": INPUT_SCALE_MAX, "threshold_min": INPUT_SCALE_MIN},
-        ["standardize_inputs", "batch_norm"])]
+    return [
+        Finding(
+            "unscaled_inputs",
+            "warning",
+            summary,
+            [],
+            {**inputs, "threshold_max": INPUT_SCALE_MAX, "threshold_min": INPUT_SCALE_MIN},
+            ["standardize_inputs", "batch_norm"],
+        )
+    ]
 
 
 def _class_findings(y: torch.Tensor, task: str, n_classes: int) -> list[Finding]:
@@ -584,32 +691,63 @@ def _class_findings(y: torch.Tensor, task: str, n_classes: int) -> list[Finding]
         return []
     shares = sorted(p.tolist(), reverse=True)
     severity = "critical" if balance < CLASS_BALANCE_CRITICAL else "warning"
-    return [Finding(
-        "class_imbalance", severity,
-        f"the batch is dominated by a few classes (the largest holds {shares[0]:.0%}, the "
-        f"smallest {shares[-1]:.0%}): the model can score well by predicting the majority",
-        [], {"balance": balance, "largest_share": shares[0], "smallest_share": shares[-1],
-             "class_counts": [int(c) for c in counts.tolist()], "threshold": CLASS_BALANCE_MIN},
-        ["class_weights", "data_augmentation"])]
+    return [
+        Finding(
+            "class_imbalance",
+            severity,
+            f"the batch is dominated by a few classes (the largest holds {shares[0]:.0%}, the "
+            f"smallest {shares[-1]:.0%}): the model can score well by predicting the majority",
+            [],
+            {
+                "balance": balance,
+                "largest_share": shares[0],
+                "smallest_share": shares[-1],
+                "class_counts": [int(c) for c in counts.tolist()],
+                "threshold": CLASS_BALANCE_MIN,
+            },
+            ["class_weights", "data_augmentation"],
+        )
+    ]
 
 
-def _nonfinite_finding(obs: _Pass, layers: list[LayerCheck], unscaled: bool,
-                       init: str) -> list[Finding]:
+def _nonfinite_finding(
+    obs: _Pass, layers: list[LayerCheck], unscaled: bool, init: str
+) -> list[Finding]:
     # a layer whose output was not measured (not called as a module) has NaN stats too
-    first_bad = next((layer.name for layer in layers if layer.name in obs.out_mean and not (
-        math.isfinite(layer.out_mean) and math.isfinite(layer.out_std))), None)
+    first_bad = next(
+        (
+            layer.name
+            for layer in layers
+            if layer.name in obs.out_mean
+            and not (math.isfinite(layer.out_mean) and math.isfinite(layer.out_std))
+        ),
+        None,
+    )
     if math.isfinite(obs.loss) and first_bad is None and obs.grads_finite and obs.weights_finite:
         return []
-    where = (f"first in layer {first_bad!r}" if first_bad else
-             "in the weights" if not obs.weights_finite else "in the loss or gradients")
-    return [Finding(
-        "nonfinite", "critical",
-        f"NaN or Inf at initialisation, {where}: the activations overflow before any "
-        "training", [first_bad] if first_bad else [],
-        {"loss": obs.loss, "first_nonfinite_layer": first_bad,
-         "grads_finite": obs.grads_finite, "weights_finite": obs.weights_finite},
-        (["standardize_inputs"] if unscaled else []) + [init, "batch_norm",
-                                                        "gradient_clipping"])]
+    where = (
+        f"first in layer {first_bad!r}"
+        if first_bad
+        else "in the weights"
+        if not obs.weights_finite
+        else "in the loss or gradients"
+    )
+    return [
+        Finding(
+            "nonfinite",
+            "critical",
+            f"NaN or Inf at initialisation, {where}: the activations overflow before any training",
+            [first_bad] if first_bad else [],
+            {
+                "loss": obs.loss,
+                "first_nonfinite_layer": first_bad,
+                "grads_finite": obs.grads_finite,
+                "weights_finite": obs.weights_finite,
+            },
+            (["standardize_inputs"] if unscaled else [])
+            + [init, "batch_norm", "gradient_clipping"],
+        )
+    ]
 
 
 # -- the entry point -------------------------------------------------------------------------
@@ -666,42 +804,71 @@ def checkup(
 
     checks = [
         LayerCheck(
-            name=n, type=type(layers[n]).__name__,
-            out_mean=obs.out_mean.get(n, math.nan), out_std=obs.out_std.get(n, math.nan),
-            grad_norm=obs.grad_norm[n], grad_to_weight=obs.grad_to_weight[n],
-            dead_frac=worst(n, "dead_frac"), saturated_frac=worst(n, "saturated_frac"),
+            name=n,
+            type=type(layers[n]).__name__,
+            out_mean=obs.out_mean.get(n, math.nan),
+            out_std=obs.out_std.get(n, math.nan),
+            grad_norm=obs.grad_norm[n],
+            grad_to_weight=obs.grad_to_weight[n],
+            dead_frac=worst(n, "dead_frac"),
+            saturated_frac=worst(n, "saturated_frac"),
             weight_layer=_is_weight_layer(layers[n]),
         )
         for n in obs.order
     ]
     # activations with no parameter layer before them get a row of their own
-    checks += [LayerCheck(n, "activation", math.nan, math.nan, math.nan, math.nan,
-                          worst(n, "dead_frac"), worst(n, "saturated_frac"), False)
-               for n in by_source if n not in layers]
+    checks += [
+        LayerCheck(
+            n,
+            "activation",
+            math.nan,
+            math.nan,
+            math.nan,
+            math.nan,
+            worst(n, "dead_frac"),
+            worst(n, "saturated_frac"),
+            False,
+        )
+        for n in by_source
+        if n not in layers
+    ]
 
     weight_rows = [c for c in checks if c.weight_layer]
     depth = fit_depth([c.grad_norm for c in weight_rows])
     kinds = [k for k in (activation_kind(m) for m in model.modules()) if k is not None]
     classes = n_classes or obs.n_outputs
-    loss = {"value": obs.loss, "expected": _expected_loss(loss_fn, task, classes, y),
-            "n_classes": classes if task != "regression" else None,
-            "logit_std": obs.logit_std}
+    loss = {
+        "value": obs.loss,
+        "expected": _expected_loss(loss_fn, task, classes, y),
+        "n_classes": classes if task != "regression" else None,
+        "logit_std": obs.logit_std,
+    }
 
     init = _init_remedy(kinds)
     unscaled = _unscaled(obs.input) is not None
     findings = _nonfinite_finding(obs, checks, unscaled, init) + _input_findings(obs.input)
     findings += _class_findings(y, task, classes)
     if not findings or findings[0].kind != "nonfinite":
-        findings += _gradient_findings(depth, weight_rows,
-                                       any(k in SATURATING_BOUNDS for k in kinds), init)
+        findings += _gradient_findings(
+            depth, weight_rows, any(k in SATURATING_BOUNDS for k in kinds), init
+        )
         findings += _unit_findings(checks, unscaled, init)
         findings += _loss_findings(loss, unscaled, init)
     findings += comp.findings
     return Checkup(
-        findings=findings, layers=checks, input=obs.input, loss=loss, depth=depth,
+        findings=findings,
+        layers=checks,
+        input=obs.input,
+        loss=loss,
+        depth=depth,
         complexity=comp,
-        meta={"task": task, "batch_size": len(X), "seed": seed, "n_samples": n_samples,
-              "dying_activations": sorted({k for k in kinds if k in DYING_ACTIVATIONS})},
+        meta={
+            "task": task,
+            "batch_size": len(X),
+            "seed": seed,
+            "n_samples": n_samples,
+            "dying_activations": sorted({k for k in kinds if k in DYING_ACTIVATIONS}),
+        },
     )
 
 
@@ -733,11 +900,14 @@ def checkup_experiment(experiment: Experiment, seed: int | None = None) -> Check
     exp = experiment if seed is None else experiment.replace(seed=seed)
     model = exp.build()
     batch = next(batches(exp.train, exp.batch_size, exp.seed))
-    n_samples = None if is_loader(exp.train) else len(exp.train[0])
-    if is_loader(exp.train):
+    n_samples: int | None = None
+    if not is_loader(exp.train):
+        n_samples = len(exp.train[0])
+    else:
         try:
-            n_samples = len(exp.train.dataset)  # type: ignore[arg-type]
-        except TypeError:
+            n_samples = len(exp.train.dataset)
+        except TypeError:  # an iterable dataset has no length
             n_samples = None
-    return checkup(model, batch, exp.loss_fn, n_samples=n_samples, n_classes=exp.n_classes,
-                   seed=exp.seed)
+    return checkup(
+        model, batch, exp.loss_fn, n_samples=n_samples, n_classes=exp.n_classes, seed=exp.seed
+    )

@@ -66,8 +66,14 @@ class LayerComplexity:
     flops: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "type": self.type, "params": self.params,
-                "connections": self.connections, "reuse": self.reuse, "flops": self.flops}
+        return {
+            "name": self.name,
+            "type": self.type,
+            "params": self.params,
+            "connections": self.connections,
+            "reuse": self.reuse,
+            "flops": self.flops,
+        }
 
 
 @dataclass
@@ -87,12 +93,18 @@ class Complexity:
         return self.params / self.n_samples if self.n_samples else None
 
     def to_dict(self) -> dict[str, Any]:
-        return _jsonable({
-            "layers": [layer.to_dict() for layer in self.layers],
-            "total": {"params": self.params, "connections": self.connections,
-                      "flops": self.flops, "activation_bytes": self.activation_bytes},
-            "params_per_sample": self.params_per_sample,
-        })
+        return _jsonable(
+            {
+                "layers": [layer.to_dict() for layer in self.layers],
+                "total": {
+                    "params": self.params,
+                    "connections": self.connections,
+                    "flops": self.flops,
+                    "activation_bytes": self.activation_bytes,
+                },
+                "params_per_sample": self.params_per_sample,
+            }
+        )
 
 
 # -- running a pass that changes nothing ----------------------------------------------------
@@ -132,8 +144,11 @@ def _failure_message(name: str, module: nn.Module, args: Any, exc: Exception) ->
     kind = type(module).__name__
     shapes = _shapes(args)
     first = next((a for a in args if isinstance(a, torch.Tensor)), None)
-    if (isinstance(module, nn.modules.batchnorm._BatchNorm) and first is not None
-            and first.shape[0] == 1):
+    if (
+        isinstance(module, nn.modules.batchnorm._BatchNorm)
+        and first is not None
+        and first.shape[0] == 1
+    ):
         return (
             f"batch norm layer {name!r} cannot compute batch statistics from a batch of one "
             f"example (input shape {shapes}); pass at least 2 examples, ideally as many as "
@@ -179,8 +194,9 @@ def located_errors(model: nn.Module) -> Iterator[None]:
         if not stack:
             raise
         module, args = stack[-1]
-        name = next((n or ROOT_NAME for n, m in model.named_modules() if m is module),
-                    type(module).__name__)
+        name = next(
+            (n or ROOT_NAME for n, m in model.named_modules() if m is module), type(module).__name__
+        )
         raise ValueError(_failure_message(name, module, args, exc)) from exc
     finally:
         for handle in handles:
@@ -244,13 +260,17 @@ def measure(model: nn.Module, example_input: Any, n_samples: int | None = None) 
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    if n_samples is not None and (isinstance(n_samples, bool) or not isinstance(n_samples, int)
-                                  or n_samples < 1):
+    if n_samples is not None and (
+        isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1
+    ):
         raise ValueError(f"n_samples must be a whole number >= 1, got {n_samples!r}")
     inputs = _as_inputs(example_input)
     batch = inputs[0].shape[0]
-    owners = {name or ROOT_NAME: m for name, m in model.named_modules()
-              if next(m.parameters(recurse=False), None) is not None}
+    owners = {
+        name or ROOT_NAME: m
+        for name, m in model.named_modules()
+        if next(m.parameters(recurse=False), None) is not None
+    }
     reuse: dict[str, int] = {}
     ran: list[str] = []
     act_bytes = [0]
@@ -268,8 +288,9 @@ def measure(model: nn.Module, example_input: Any, n_samples: int | None = None) 
             if isinstance(outs[0], torch.Tensor):
                 reuse[name] += _positions(outs[0], module, batch)
         if module in leaves:
-            act_bytes[0] += sum(t.numel() * t.element_size() for t in outs
-                                if isinstance(t, torch.Tensor))
+            act_bytes[0] += sum(
+                t.numel() * t.element_size() for t in outs if isinstance(t, torch.Tensor)
+            )
 
     handles = [register_module_forward_hook(hook)]
     counter = FlopCounterMode(display=False, custom_mapping=CPU_FLOP_FORMULAS)
@@ -292,14 +313,16 @@ def measure(model: nn.Module, example_input: Any, n_samples: int | None = None) 
         module = owners[name]
         own = list(module.parameters(recurse=False))
         key = prefix if name == ROOT_NAME else f"{prefix}.{name}"
-        layers.append(LayerComplexity(
-            name=name,
-            type=type(module).__name__,
-            params=sum(p.numel() for p in own),
-            connections=sum(p.numel() for p in own if p.dim() >= 2),
-            reuse=reuse.get(name),
-            flops=sum(counts.get(key, {}).values()) / batch,
-        ))
+        layers.append(
+            LayerComplexity(
+                name=name,
+                type=type(module).__name__,
+                params=sum(p.numel() for p in own),
+                connections=sum(p.numel() for p in own if p.dim() >= 2),
+                reuse=reuse.get(name),
+                flops=sum(counts.get(key, {}).values()) / batch,
+            )
+        )
     unique = {id(p): p for p in model.parameters()}.values()
     result = Complexity(
         layers=layers,
@@ -317,16 +340,27 @@ def _findings(c: Complexity) -> list[Finding]:
     per_sample = c.params_per_sample
     if per_sample is None or per_sample <= PARAMS_PER_SAMPLE_MAX:
         return []
-    return [Finding(
-        kind="overfitting",
-        severity="info",
-        summary=(
-            f"{c.params:,} parameters for {c.n_samples:,} training samples "
-            f"({per_sample:,.0f} per sample): enough to memorise the training set, so watch "
-            "the validation loss and regularise"
-        ),
-        evidence={"params": c.params, "n_samples": c.n_samples,
-                  "params_per_sample": per_sample, "threshold": PARAMS_PER_SAMPLE_MAX},
-        remedies=["weight_decay", "dropout", "data_augmentation", "early_stopping",
-                  "less_capacity"],
-    )]
+    return [
+        Finding(
+            kind="overfitting",
+            severity="info",
+            summary=(
+                f"{c.params:,} parameters for {c.n_samples:,} training samples "
+                f"({per_sample:,.0f} per sample): enough to memorise the training set, so watch "
+                "the validation loss and regularise"
+            ),
+            evidence={
+                "params": c.params,
+                "n_samples": c.n_samples,
+                "params_per_sample": per_sample,
+                "threshold": PARAMS_PER_SAMPLE_MAX,
+            },
+            remedies=[
+                "weight_decay",
+                "dropout",
+                "data_augmentation",
+                "early_stopping",
+                "less_capacity",
+            ],
+        )
+    ]

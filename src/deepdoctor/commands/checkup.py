@@ -15,14 +15,22 @@ from ..report.terminal import print_findings
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("checkup", help="check a model's trainability at initialisation "
-                                       "(one forward/backward pass, no training)")
+    p = sub.add_parser(
+        "checkup",
+        help="check a model's trainability at initialisation "
+        "(one forward/backward pass, no training)",
+    )
     p.add_argument("target", help="preset:NAME or path/to/file.py:function")
     p.add_argument("--json", type=Path, default=None, help="write the Checkup JSON here")
-    p.add_argument("--out", type=Path, default=None,
-                   help="directory for report.html and checkup.json")
-    p.add_argument("--seed", type=int, default=None,
-                   help="seed for the model's weights and the batch (default: the target's)")
+    p.add_argument(
+        "--out", type=Path, default=None, help="directory for report.html and checkup.json"
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed for the model's weights and the batch (default: the target's)",
+    )
     p.set_defaults(func=run)
 
 

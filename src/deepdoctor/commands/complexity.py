@@ -17,8 +17,9 @@ from ..training import batches, is_loader
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("complexity",
-                       help="parameters, connections, FLOPs and activation memory per layer")
+    p = sub.add_parser(
+        "complexity", help="parameters, connections, FLOPs and activation memory per layer"
+    )
     p.add_argument("target", help="preset:NAME or path/to/file.py:function")
     p.add_argument("--json", type=Path, default=None, help="write the table as JSON here")
     p.set_defaults(func=run)
@@ -35,11 +36,16 @@ def complexity_table(c: complexity.Complexity, title: str = "complexity per exam
     for col in ("params", "connections", "reuse", "FLOPs"):
         table.add_column(col, justify="right")
     for layer in c.layers:
-        table.add_row(layer.name, layer.type, _num(layer.params), _num(layer.connections),
-                      _num(layer.reuse), _num(layer.flops))
+        table.add_row(
+            layer.name,
+            layer.type,
+            _num(layer.params),
+            _num(layer.connections),
+            _num(layer.reuse),
+            _num(layer.flops),
+        )
     table.add_section()
-    table.add_row("total", "", _num(c.params), _num(c.connections), "", _num(c.flops),
-                  style="bold")
+    table.add_row("total", "", _num(c.params), _num(c.connections), "", _num(c.flops), style="bold")
     return table
 
 
@@ -52,8 +58,11 @@ def run(args: argparse.Namespace) -> int:
     c = complexity.measure(model, X[:2], n_samples=n_samples)
     console.print(complexity_table(c, title=f"{exp.name}: complexity per example"))
     memory = f"activation memory: {c.activation_bytes / 1024:,.1f} KiB per example"
-    per_sample = (f"; {c.params_per_sample:,.1f} parameters per training sample"
-                  if c.params_per_sample is not None else "")
+    per_sample = (
+        f"; {c.params_per_sample:,.1f} parameters per training sample"
+        if c.params_per_sample is not None
+        else ""
+    )
     console.print(memory + per_sample, highlight=False)
     if c.findings:
         print_findings([f.to_dict() for f in c.findings], console)
