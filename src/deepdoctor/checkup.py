@@ -13,7 +13,8 @@ using batch statistics), with torch's RNG seeded by ``seed``. Gradients come fro
 ``torch.autograd.grad``, so ``.grad`` is never written, and no optimizer steps. Afterwards
 everything is put back: the train / eval mode of every submodule, buffers (batch-norm
 running statistics), and the global RNG states of torch, numpy and Python. All statistics
-are gathered as tensors in hooks and read back with two host syncs.
+are gathered as tensors in hooks and read back with two host syncs (plus one for each
+vanishingly small gradient norm, which ``probe._norms`` recomputes in float64).
 
 What is measured, per layer (every module owning trainable parameters, in forward order):
 output mean and std, weight-gradient norm (parameters whose name does not contain
@@ -273,11 +274,12 @@ class _Rows:
         self.blocks[-1][self.n % self.block].copy_(values, non_blocking=True)
         self.n += 1
 
-    def tensor(self) -> torch.Tensor:
+    def tensors(self) -> list[torch.Tensor]:
+        """The rows written, as one tensor (an empty list when none were)."""
         if not self.blocks:
-            return torch.empty(0, self.width)
+            return []
         device = self.blocks[0].device
-        return torch.cat([b.to(device) for b in self.blocks])[: self.n]
+        return [torch.cat([b.to(device) for b in self.blocks])[: self.n]]
 
 
 @dataclass
@@ -379,7 +381,7 @@ def _observe(
         ]
         values = _norms([g for _, g in wgrads] + [w for _, w in weights] + bgrads)
         del grads, bgrads
-        stats = [out_rows.tensor(), act_rows.tensor()]
+        stats = out_rows.tensors() + act_rows.tensors()
         logits = out.detach().float()
         stats.append(
             torch.stack(
@@ -392,7 +394,8 @@ def _observe(
         in_stats = _input_stat_tensor(X)
         if in_stats is not None:
             stats.append(in_stats)
-        flat = torch.cat([t.reshape(-1) for t in stats]).tolist()
+        device = stats[-1].device
+        flat = torch.cat([t.reshape(-1).to(device) for t in stats]).tolist()
 
     n_wg, n_w = len(wgrads), len(weights)
     g_sq: dict[str, float] = {}
