@@ -415,10 +415,15 @@ def test_cli_checkup_exit_codes_and_json(tmp_path, capsys) -> None:  # type: ign
     assert main(["checkup", "preset:healthy-mlp-digits", "--json", str(out)]) == 0
     d = json.loads(out.read_text())
     assert d["schema"] == "deepdoctor.checkup" and d["healthy"] is True
-    assert main(["checkup", "preset:sigmoid-mlp50-digits"]) == 1
+    report = tmp_path / "report"
+    assert main(["checkup", "preset:sigmoid-mlp50-digits", "--out", str(report)]) == 1
     text = capsys.readouterr().out
     assert "vanishing_gradients" in text and "trainable depth: about" in text
+    assert (report / "report.html").stat().st_size > 0
+    saved = json.loads((report / "checkup.json").read_text())
+    assert saved["depth"]["current_depth"] == 51 and not saved["healthy"]
     assert main(["checkup", "no-such-target"]) == 2
+    assert main(["checkup", "preset:healthy-mlp-digits", "--seed", "-1"]) == 2
 
 
 def test_cli_complexity_prints_per_layer_table(capsys) -> None:  # type: ignore[no-untyped-def]
