@@ -19,9 +19,11 @@ optionally gzipped) and ``cifar10`` (the python pickle batches).
 
 from __future__ import annotations
 
+import functools
 import gzip
 import math
 import pickle
+import random
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,6 +94,18 @@ DATASETS: dict[str, DatasetInfo] = {
 }
 
 
+# The keyword options each data set accepts through ``load(name, **options)``.
+OPTIONS: dict[str, tuple[str, ...]] = {
+    "digits": (),
+    "mnist1d": ("num_samples",),
+    "teacher": ("n", "features", "classes", "depth", "width"),
+    "spirals": ("n", "classes", "noise", "turns"),
+    "mnist": (),
+    "fashion-mnist": (),
+    "cifar10": (),
+}
+
+
 def available() -> list[DatasetInfo]:
     return list(DATASETS.values())
 
@@ -121,7 +135,9 @@ def load(
         K keeps ``imbalance ** (-k / (K - 1))`` of its samples.
     flatten: ``False`` keeps images as (channels, height, width) and MNIST-1D as (1, 40).
     options: per data set: teacher (n, features, classes, depth, width), spirals (n, classes,
-        noise), mnist1d (num_samples).
+        noise, turns), mnist1d (num_samples; generated once per process, then copied).
+    seed: the validation split, subset, label noise and imbalance; and the teacher's and
+        spirals' samples. MNIST-1D keeps the package's own fixed seed.
 
     >>> split = load("digits", seed=0)
     >>> split.X_train.shape, split.n_classes
@@ -132,6 +148,11 @@ def load(
             f"unknown data set {name!r}; available: {', '.join(DATASETS)} "
             "(see `deepdoctor data list`)"
         )
+    unknown = sorted(set(options) - set(OPTIONS[name]))
+    if unknown:
+        allowed = ", ".join(OPTIONS[name]) or "none"
+        raise TypeError(f"{name} does not take the option(s) {', '.join(unknown)}; "
+                        f"its options: {allowed}")
     val_fraction = check_fraction("val_fraction", val_fraction, low_open=True, high_open=True)
     seed = check_int("seed", seed, minimum=0)
     label_noise = check_fraction("label_noise", label_noise, high_open=True)
@@ -212,16 +233,26 @@ def _digits() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _mnist1d(num_samples: int = 5000) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    num_samples = check_int("num_samples", num_samples, minimum=100)
+    # Copies, so a caller that edits its arrays never changes the cached ones.
+    return tuple(a.copy() for a in _make_mnist1d(num_samples))  # type: ignore[return-value]
+
+
+@functools.lru_cache(maxsize=4)
+def _make_mnist1d(num_samples: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Generate MNIST-1D (about two seconds), once per process and size."""
     # make_dataset generates the data; get_dataset would try to download a pickle.
     from mnist1d.data import get_dataset_args, make_dataset
 
     args = get_dataset_args()
-    args.num_samples = check_int("num_samples", num_samples, minimum=100)
-    state = np.random.get_state()  # make_dataset reseeds numpy's global generator
+    args.num_samples = num_samples
+    # make_dataset reseeds numpy's and Python's global generators: put them back.
+    np_state, py_state = np.random.get_state(), random.getstate()
     try:
         data = make_dataset(args)
     finally:
-        np.random.set_state(state)
+        np.random.set_state(np_state)
+        random.setstate(py_state)
     return (
         data["x"].reshape(-1, 1, 40),
         data["y"].astype(np.int64),
@@ -291,10 +322,11 @@ def _imbalanced_indices(y: np.ndarray, n_classes: int, ratio: float, seed: int) 
 
 
 def _noisy_labels(y: np.ndarray, n_classes: int, fraction: float, seed: int) -> np.ndarray:
+    """Move exactly round(fraction * n) labels, chosen at random, to a different class."""
     rng = np.random.default_rng(seed + 17)
     y = y.copy()
-    flip = rng.random(len(y)) < fraction
-    shift = rng.integers(1, n_classes, size=int(flip.sum()))
+    flip = rng.choice(len(y), size=int(round(fraction * len(y))), replace=False)
+    shift = rng.integers(1, n_classes, size=len(flip))
     y[flip] = (y[flip] + shift) % n_classes
     return y
 
@@ -324,9 +356,13 @@ def read_idx(path: str | Path) -> np.ndarray:
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise ValueError(f"{path} is not an IDX file (bad magic number)")
     dtype_code, ndim = raw[2], raw[3]
-    dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+    dtypes: dict[int, Any] = {
+        0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"
+    }
     if dtype_code not in dtypes:
         raise ValueError(f"{path}: unknown IDX data type 0x{dtype_code:02x}")
+    if len(raw) < 4 + 4 * ndim:
+        raise ValueError(f"{path} is truncated: its header promises {ndim} dimensions")
     dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
     data = np.frombuffer(raw, dtype=dtypes[dtype_code], offset=4 + 4 * ndim)
     if data.size != int(np.prod(dims)):
@@ -353,7 +389,15 @@ def _check_root(root: Path, dataset: str) -> None:
 
 def load_idx_dir(root: Path, dataset: str = "mnist") -> tuple[np.ndarray, ...]:
     _check_root(root, dataset)
-    arrays = {k: read_idx(_find(root, stem, dataset)) for k, stem in IDX_FILES.items()}
+    paths = {k: _find(root, stem, dataset) for k, stem in IDX_FILES.items()}  # all there?
+    arrays = {k: read_idx(path) for k, path in paths.items()}
+    for part in ("train", "test"):
+        images, labels = arrays[f"{part}_images"], arrays[f"{part}_labels"]
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise ValueError(
+                f"{dataset} in {root}: the {part} files do not match: images "
+                f"{images.shape}, labels {labels.shape}; expected (n, rows, cols) and (n,)"
+            )
     return (
         arrays["train_images"][:, None].astype(np.float64) / 255.0,
         arrays["train_labels"].astype(np.int64),
@@ -375,8 +419,14 @@ def load_cifar10_dir(root: Path, dataset: str = "cifar10") -> tuple[np.ndarray, 
             )
         with open(path, "rb") as f:
             d = pickle.load(f, encoding="bytes")
-        X = np.asarray(d[b"data"], dtype=np.float64).reshape(-1, 3, 32, 32) / 255.0
-        return X, np.asarray(d[b"labels"], dtype=np.int64)
+        if not isinstance(d, dict) or b"data" not in d or b"labels" not in d:
+            raise ValueError(f"cifar10: {path} is not a CIFAR-10 python batch (no data/labels)")
+        X = np.asarray(d[b"data"], dtype=np.float64)
+        y = np.asarray(d[b"labels"], dtype=np.int64)
+        if X.ndim != 2 or X.shape[1] != 3 * 32 * 32 or len(X) != len(y):
+            raise ValueError(f"cifar10: {path} holds data {X.shape} and {len(y)} labels; "
+                             "expected (n, 3072) and n labels")
+        return X.reshape(-1, 3, 32, 32) / 255.0, y
 
     parts = [batch(f"data_batch_{i}") for i in range(1, 6) if (root / f"data_batch_{i}").exists()]
     if not parts:
