@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable
 from typing import Any
 
@@ -13,11 +14,14 @@ def _describe(value: Any) -> str:
 
 def check_int(name: str, value: Any, minimum: int | None = None,
               maximum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        else:
-            raise TypeError(f"{name} must be a whole number, got {_describe(value)}")
+    # numbers.Integral / Real also admit numpy scalars (np.int64 from an array's shape ...).
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        value = int(value)
+    elif (isinstance(value, numbers.Real) and not isinstance(value, bool)
+          and float(value).is_integer()):
+        value = int(float(value))
+    else:
+        raise TypeError(f"{name} must be a whole number, got {_describe(value)}")
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be at least {minimum}, got {value}")
     if maximum is not None and value > maximum:
@@ -27,7 +31,7 @@ def check_int(name: str, value: Any, minimum: int | None = None,
 
 def check_number(name: str, value: Any, minimum: float | None = None,
                  maximum: float | None = None, positive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {_describe(value)}")
     value = float(value)
     if not math.isfinite(value):

@@ -35,7 +35,8 @@ INITS = ("default", "xavier", "xavier_normal", "xavier_uniform", "he", "he_norma
 NORMS = ("none", "batch", "layer")
 
 def _activation(name: str) -> str:
-    name = ACTIVATION_ALIASES.get(name, name)
+    if isinstance(name, str):
+        name = ACTIVATION_ALIASES.get(name, name)
     return check_choice("activation", name, ACTIVATIONS)
 
 
@@ -68,11 +69,14 @@ def _gain(activation: str) -> float:
     return 1.0
 
 
-INIT_TARGETS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.RNNBase)
+# Attention owns its q/k/v projection (in_proj_weight) directly, so it is a target too.
+INIT_TARGETS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.RNNBase, nn.MultiheadAttention)
 
 
 def init_weights(model: nn.Module, init: str, activation: str = "relu") -> nn.Module:
     """Re-initialise the weights of every Linear, Conv and recurrent layer of ``model``.
+
+    Embeddings, norms and learned positions keep their own initialisation.
 
     default: leave torch's own initialisation. xavier (= xavier_normal), xavier_uniform:
     Glorot & Bengio 2010, gain 1. he (= he_normal), he_uniform: He et al. 2015, fan-in,
@@ -212,7 +216,7 @@ def cnn(
             f"input_shape must be (channels, length) or (channels, height, width), "
             f"got {input_shape!r}"
         )
-    shape = [check_int("input_shape", int(s), minimum=1) for s in input_shape]
+    shape = [check_int("input_shape", s, minimum=1) for s in input_shape]
     n_classes = check_int("n_classes", n_classes, minimum=1)
     depth = check_int("depth", depth, minimum=1)
     width = check_int("width", width, minimum=1)
