@@ -13,6 +13,7 @@ Callbacks are objects with any of the methods ``on_train_start(state)``,
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -68,6 +69,8 @@ def as_tensors(data: Any, name: str = "train") -> TensorData:
         y = y.float()
     if y.dtype in (torch.int32, torch.int16, torch.int8, torch.uint8):
         y = y.long()
+    if not y.is_floating_point() and y.dim() == 2 and y.shape[1] == 1:
+        y = y[:, 0]  # a column of class indices, as pandas / sklearn often give them
     return X, y
 
 
@@ -145,6 +148,11 @@ def infer_task(y: torch.Tensor, loss_fn: Any) -> str:
     return "regression"
 
 
+def targets_for(y: torch.Tensor, task: str) -> torch.Tensor:
+    """Binary 0/1 targets as floats, which BCE-with-logits needs; others unchanged."""
+    return y.float() if task == "binary" and not y.is_floating_point() else y
+
+
 def default_loss(y: torch.Tensor) -> nn.Module:
     return nn.MSELoss() if y.is_floating_point() else nn.CrossEntropyLoss()
 
@@ -176,13 +184,17 @@ def logits_of(output: Any) -> torch.Tensor:
 def fit_output(out: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
     """Check that predictions fit the targets; squeeze a trailing 1 for scalar targets."""
     if task == "classification":
-        if out.dim() < 2:
+        if out.dim() != y.dim() + 1 or out.shape[:1] + out.shape[2:] != y.shape:
             raise ValueError(
                 f"the model's output has shape {tuple(out.shape)} but the targets are class "
-                "indices: the output needs a class axis, shape (batch, classes)"
+                f"indices of shape {tuple(y.shape)}: the output needs shape (batch, classes)"
             )
         n_out = out.shape[1]
-        top = int(y.max()) if y.numel() else 0
+        low, top = (int(y.min()), int(y.max())) if y.numel() else (0, 0)
+        if low < 0:
+            raise ValueError(
+                f"the targets contain class {low}; class indices run from 0 to classes - 1"
+            )
         if top >= n_out:
             raise ValueError(
                 f"the model has {n_out} outputs but the targets contain class {top}: the last "
@@ -228,7 +240,8 @@ def evaluate(model: nn.Module, X: torch.Tensor, y: torch.Tensor, loss_fn: Callab
     try:
         total, correct, n = 0.0, 0.0, 0
         for start in range(0, len(X), EVAL_CHUNK):
-            xb, yb = X[start : start + EVAL_CHUNK], y[start : start + EVAL_CHUNK]
+            xb = X[start : start + EVAL_CHUNK]
+            yb = targets_for(y[start : start + EVAL_CHUNK], task)
             out = fit_output(logits_of(model(xb)), yb, task)
             total += float(compute_loss(loss_fn, out, yb)) * len(xb)
             if task != "regression":
@@ -267,6 +280,8 @@ def schedule_factor(schedule: str, steps: int, warmup_steps: int | None = None
                     ) -> Callable[[int], float]:
     """Multiplier of the base learning rate at each step."""
     check_choice("schedule", schedule, SCHEDULES)
+    if warmup_steps is not None:
+        warmup_steps = check_int("warmup_steps", warmup_steps, minimum=1)
     warm = warmup_steps if warmup_steps is not None else max(1, int(WARMUP_FRACTION * steps))
 
     def factor(step: int) -> float:
@@ -342,6 +357,18 @@ class TrainState:
     stop: str | None = None
 
 
+def _forward(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> Any:
+    """The model's forward on a batch; torch's own error gets the batch's shapes added."""
+    try:
+        return model(xb)
+    except RuntimeError as exc:
+        raise ValueError(
+            f"the model failed on a training batch X {tuple(xb.shape)} {xb.dtype} (targets "
+            f"{tuple(yb.shape)} {yb.dtype}): {exc}. Check that the model's input size and "
+            "dtype fit the data"
+        ) from exc
+
+
 def _call(callbacks: Sequence[Any], event: str, *args: Any) -> None:
     for cb in callbacks:
         fn = getattr(cb, event, None)
@@ -384,6 +411,12 @@ def train(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError(
+            "the model has no trainable parameters (none at all, or every one has "
+            "requires_grad=False), so there is nothing to train; give it layers with weights "
+            "or unfreeze some"
+        )
     batch_size = check_int("batch_size", batch_size, minimum=1)
     seed = check_int("seed", seed, minimum=0)
     if clip_grad is not None:
@@ -399,7 +432,9 @@ def train(
     if steps is None:
         raise ValueError("give steps or epochs")
     steps = check_int("steps", steps, minimum=1)
-    eval_every = check_int("eval_every", eval_every or max(1, steps // 10), minimum=1)
+    eval_every = check_int(
+        "eval_every", max(1, steps // 10) if eval_every is None else eval_every, minimum=1
+    )
     if early_stopping is not None:
         early_stopping = check_int("early_stopping", early_stopping, minimum=1)
 
@@ -441,14 +476,18 @@ def train(
                 xb, yb = next(stream)
                 if augment is not None:
                     xb = augment(xb)
+                yb = targets_for(yb, task)
                 state.batch = (xb, yb)
-                out = fit_output(logits_of(model(xb)), yb, task)
+                out = fit_output(logits_of(_forward(model, xb, yb)), yb, task)
                 loss = compute_loss(loss_fn, out, yb)
                 state.loss = loss
                 value = float(loss.detach())
                 if not math.isfinite(value):
                     history.loss.append(value)
                     history.stopped, history.stop_step = "nonfinite_loss", step
+                    # This step has no gradients: drop the previous step's, so the probe
+                    # does not record them as this step's.
+                    opt.zero_grad(set_to_none=True)
                     if probe is not None:
                         probe.record_loss(value)
                         probe.end_step()
@@ -494,9 +533,8 @@ def train(
     if history.stopped in ("interrupted", "nonfinite_loss") and (
         not history.evals or history.evals[-1]["step"] != history.steps
     ):
-        try:  # so that every run ends with its final metrics (NaN for a NaN model)
+        # so that every run ends with its final metrics (NaN for a NaN model)
+        with contextlib.suppress(KeyboardInterrupt):
             run_eval(history.steps)
-        except KeyboardInterrupt:
-            pass
     _call(callbacks, "on_train_end", state)
     return history
