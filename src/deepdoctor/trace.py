@@ -47,20 +47,27 @@ class Table:
             self.rows.setdefault(stat, [])
 
     def append(self, step: int, values: dict[str, list[float]]) -> None:
+        """Add one row; a missing statistic is NaN. All or nothing: a bad row adds nothing."""
+        new_rows = {}
         for stat in self.stats:
             row = values.get(stat)
             if row is None:
                 row = [math.nan] * len(self.names)
             if len(row) != len(self.names):
-                raise ValueError(f"row for {stat!r} has {len(row)} values, expected {len(self.names)}")
-            self.rows[stat].append([float(v) for v in row])
+                raise ValueError(
+                    f"row for {stat!r} has {len(row)} values, expected {len(self.names)}"
+                )
+            new_rows[stat] = [float(v) for v in row]
+        for stat, row in new_rows.items():
+            self.rows[stat].append(row)
         self.steps.append(int(step))
 
     def array(self, stat: str) -> np.ndarray:
         """The statistic as a (recorded steps, names) float64 array."""
         if stat not in self.rows:
             raise KeyError(f"no statistic {stat!r}; this table has: {', '.join(self.stats)}")
-        return np.asarray(self.rows[stat], dtype=np.float64).reshape(len(self.steps), len(self.names))
+        values = np.asarray(self.rows[stat], dtype=np.float64)
+        return values.reshape(len(self.steps), len(self.names))
 
     def step_array(self) -> np.ndarray:
         return np.asarray(self.steps, dtype=np.int64)
@@ -187,6 +194,8 @@ class Trace:
     @classmethod
     def load(cls, path: str | Path) -> Trace:
         path = Path(path)
+        if not path.exists() and path.suffix != ".npz":
+            path = path.with_suffix(".npz")  # save() adds the suffix; accept the name without
         if not path.exists():
             raise FileNotFoundError(f"no trace at {path}; save one with Trace.save(path)")
         with np.load(path, allow_pickle=False) as data:
@@ -211,12 +220,13 @@ class Trace:
         return trace
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready (NaN becomes None)."""
+        """JSON-ready (NaN and Inf become None, in the tables and in meta)."""
 
         def clean(rows: list[list[float]]) -> list[list[float | None]]:
             return [[v if math.isfinite(v) else None for v in row] for row in rows]
 
         out = self._header()
+        out["meta"] = _json_ready(self.meta)
         out["tables"] = {
             tname: {"steps": list(t.steps), **{s: clean(t.rows[s]) for s in t.stats}}
             for tname, t in self.tables().items()
@@ -228,3 +238,16 @@ class Trace:
             f"Trace({self.n_steps} steps, {len(self.layers)} layers, "
             f"{len(self.act_layers)} activation modules)"
         )
+
+
+def _json_ready(value: Any) -> Any:
+    """A copy of ``value`` with non-finite floats as None and numpy scalars as Python ones."""
+    if isinstance(value, dict):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
