@@ -56,10 +56,20 @@ def run(args: argparse.Namespace) -> int:
         table.add_row(name, f"{s0:.2e}", f"{s1:.2e}", _speed_bar(s1, lo, hi))
     console.print(table)
     final = history.final
-    ratio = end[0] / end[-1] if end[-1] > 0 else math.nan
     console.print(
         f"after {history.steps} steps: train loss {final.get('train_loss', math.nan):.3f}, "
         f"validation accuracy {100 * final.get('val_accuracy', math.nan):.1f}% "
-        f"(chance is 10%); the first layer learns {ratio:.1e} times as fast as the last."
+        f"(chance is 10%); {_speed_comparison(end[0], end[-1])}"
     )
     return 0
+
+
+def _speed_comparison(first: float, last: float) -> str:
+    """How the first layer's learning speed compares with the last's, in words."""
+    if not (math.isfinite(first) and math.isfinite(last)) or last <= 0:
+        return "the learning speeds are not finite, so they cannot be compared."
+    if first == 0:
+        return ("the first layer's gradient underflowed to exactly 0: it does not learn at "
+                "all, while the last layer's is "
+                f"{last:.1e}.")
+    return f"the first layer learns {first / last:.1e} times as fast as the last."
