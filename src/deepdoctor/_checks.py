@@ -12,13 +12,15 @@ def _describe(value: Any) -> str:
     return f"{value!r} ({type(value).__name__})"
 
 
-def check_int(name: str, value: Any, minimum: int | None = None,
-              maximum: int | None = None) -> int:
+def check_int(name: str, value: Any, minimum: int | None = None, maximum: int | None = None) -> int:
     # numbers.Integral / Real also admit numpy scalars (np.int64 from an array's shape ...).
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         value = int(value)
-    elif (isinstance(value, numbers.Real) and not isinstance(value, bool)
-          and float(value).is_integer()):
+    elif (
+        isinstance(value, numbers.Real)
+        and not isinstance(value, bool)
+        and float(value).is_integer()
+    ):
         value = int(float(value))
     else:
         raise TypeError(f"{name} must be a whole number, got {_describe(value)}")
@@ -29,8 +31,13 @@ def check_int(name: str, value: Any, minimum: int | None = None,
     return value
 
 
-def check_number(name: str, value: Any, minimum: float | None = None,
-                 maximum: float | None = None, positive: bool = False) -> float:
+def check_number(
+    name: str,
+    value: Any,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    positive: bool = False,
+) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {_describe(value)}")
     value = float(value)

@@ -16,8 +16,17 @@ from . import __version__
 from ._progress import stderr_console
 from .experiment import TargetError
 
-COMMANDS = ["data", "demo", "report", "treat", "checkup", "complexity", "diagnose", "presets",
-            "lab"]
+COMMANDS = [
+    "data",
+    "demo",
+    "report",
+    "treat",
+    "checkup",
+    "complexity",
+    "diagnose",
+    "presets",
+    "lab",
+]
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
 
 

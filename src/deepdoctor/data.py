@@ -81,16 +81,20 @@ class DatasetInfo:
 
 DATASETS: dict[str, DatasetInfo] = {
     "digits": DatasetInfo("digits", "scikit-learn 8x8 handwritten digits: 1,797 x 64, 10 classes"),
-    "mnist1d": DatasetInfo("mnist1d", "MNIST-1D, generated offline: 4,000 train / 1,000 test x 40, "
-                           "10 classes"),
-    "teacher": DatasetInfo("teacher", "labels from a random deep teacher network on Gaussian "
-                           "inputs (any size)"),
+    "mnist1d": DatasetInfo(
+        "mnist1d", "MNIST-1D, generated offline: 4,000 train / 1,000 test x 40, 10 classes"
+    ),
+    "teacher": DatasetInfo(
+        "teacher", "labels from a random deep teacher network on Gaussian inputs (any size)"
+    ),
     "spirals": DatasetInfo("spirals", "interleaved 2-D spirals, one arm per class"),
     "mnist": DatasetInfo("mnist", "MNIST from local IDX files (root=DIR)", needs_root=True),
-    "fashion-mnist": DatasetInfo("fashion-mnist", "Fashion-MNIST from local IDX files (root=DIR)",
-                                 needs_root=True),
-    "cifar10": DatasetInfo("cifar10", "CIFAR-10 from the local python batches (root=DIR)",
-                           needs_root=True),
+    "fashion-mnist": DatasetInfo(
+        "fashion-mnist", "Fashion-MNIST from local IDX files (root=DIR)", needs_root=True
+    ),
+    "cifar10": DatasetInfo(
+        "cifar10", "CIFAR-10 from the local python batches (root=DIR)", needs_root=True
+    ),
 }
 
 
@@ -151,8 +155,9 @@ def load(
     unknown = sorted(set(options) - set(OPTIONS[name]))
     if unknown:
         allowed = ", ".join(OPTIONS[name]) or "none"
-        raise TypeError(f"{name} does not take the option(s) {', '.join(unknown)}; "
-                        f"its options: {allowed}")
+        raise TypeError(
+            f"{name} does not take the option(s) {', '.join(unknown)}; its options: {allowed}"
+        )
     val_fraction = check_fraction("val_fraction", val_fraction, low_open=True, high_open=True)
     seed = check_int("seed", seed, minimum=0)
     label_noise = check_fraction("label_noise", label_noise, high_open=True)
@@ -212,8 +217,14 @@ def load(
         X_val=torch.as_tensor(X_te, dtype=torch.float32),
         y_val=torch.as_tensor(y_te, dtype=torch.long),
         n_classes=n_classes,
-        info={"standardized": standardize, "seed": seed, "subset": subset,
-              "label_noise": label_noise, "imbalance": imbalance, "shape": list(shape)},
+        info={
+            "standardized": standardize,
+            "seed": seed,
+            "subset": subset,
+            "label_noise": label_noise,
+            "imbalance": imbalance,
+            "shape": list(shape),
+        },
     )
 
 
@@ -357,7 +368,12 @@ def read_idx(path: str | Path) -> np.ndarray:
         raise ValueError(f"{path} is not an IDX file (bad magic number)")
     dtype_code, ndim = raw[2], raw[3]
     dtypes: dict[int, Any] = {
-        0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"
+        0x08: np.uint8,
+        0x09: np.int8,
+        0x0B: ">i2",
+        0x0C: ">i4",
+        0x0D: ">f4",
+        0x0E: ">f8",
     }
     if dtype_code not in dtypes:
         raise ValueError(f"{path}: unknown IDX data type 0x{dtype_code:02x}")
@@ -424,8 +440,10 @@ def load_cifar10_dir(root: Path, dataset: str = "cifar10") -> tuple[np.ndarray, 
         X = np.asarray(d[b"data"], dtype=np.float64)
         y = np.asarray(d[b"labels"], dtype=np.int64)
         if X.ndim != 2 or X.shape[1] != 3 * 32 * 32 or len(X) != len(y):
-            raise ValueError(f"cifar10: {path} holds data {X.shape} and {len(y)} labels; "
-                             "expected (n, 3072) and n labels")
+            raise ValueError(
+                f"cifar10: {path} holds data {X.shape} and {len(y)} labels; "
+                "expected (n, 3072) and n labels"
+            )
         return X.reshape(-1, 3, 32, 32) / 255.0, y
 
     parts = [batch(f"data_batch_{i}") for i in range(1, 6) if (root / f"data_batch_{i}").exists()]
@@ -434,8 +452,12 @@ def load_cifar10_dir(root: Path, dataset: str = "cifar10") -> tuple[np.ndarray, 
             f"cifar10: no data_batch_* in {root}; expected {_expected_files('cifar10')}"
         )
     X_te, y_te = batch("test_batch")
-    return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
-            X_te, y_te)
+    return (
+        np.concatenate([p[0] for p in parts]),
+        np.concatenate([p[1] for p in parts]),
+        X_te,
+        y_te,
+    )
 
 
 _LOCAL_LOADERS = {

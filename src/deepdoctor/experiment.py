@@ -88,16 +88,32 @@ class Experiment:
     def replace(self, **changes: Any) -> Experiment:
         return replace(self, **changes)
 
-    def run(self, model: nn.Module | None = None, probe: Any = None, progress: bool | str = False,
-            steps: int | None = None, seed: int | None = None) -> History:
+    def run(
+        self,
+        model: nn.Module | None = None,
+        probe: Any = None,
+        progress: bool | str = False,
+        steps: int | None = None,
+        seed: int | None = None,
+    ) -> History:
         """Train once (a fresh model unless one is given) and return the History."""
         model = model if model is not None else self.build()
         return train(
-            model, self.train, self.val, loss_fn=self.loss_fn, optimizer=self.optimizer,
-            steps=steps or self.steps, batch_size=self.batch_size,
-            seed=self.seed if seed is None else seed, clip_grad=self.clip_grad,
-            schedule=self.schedule, early_stopping=self.early_stopping,
-            eval_every=self.eval_every, probe=probe, progress=progress, augment=self.augment,
+            model,
+            self.train,
+            self.val,
+            loss_fn=self.loss_fn,
+            optimizer=self.optimizer,
+            steps=steps or self.steps,
+            batch_size=self.batch_size,
+            seed=self.seed if seed is None else seed,
+            clip_grad=self.clip_grad,
+            schedule=self.schedule,
+            early_stopping=self.early_stopping,
+            eval_every=self.eval_every,
+            probe=probe,
+            progress=progress,
+            augment=self.augment,
         )
 
 

@@ -30,9 +30,19 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "gelu": nn.GELU,
 }
 ACTIVATION_ALIASES = {"swish": "silu"}
-INITS = ("default", "xavier", "xavier_normal", "xavier_uniform", "he", "he_normal",
-         "he_uniform", "orthogonal", "lecun")
+INITS = (
+    "default",
+    "xavier",
+    "xavier_normal",
+    "xavier_uniform",
+    "he",
+    "he_normal",
+    "he_uniform",
+    "orthogonal",
+    "lecun",
+)
 NORMS = ("none", "batch", "layer")
+
 
 def _activation(name: str) -> str:
     if isinstance(name, str):
@@ -47,8 +57,9 @@ def _check_init(init: str) -> str:
         except ValueError:
             sigma = math.nan
         if not (math.isfinite(sigma) and sigma > 0):
-            raise ValueError(f"init {init!r}: write normal:SIGMA with a positive SIGMA, "
-                             "e.g. normal:0.05")
+            raise ValueError(
+                f"init {init!r}: write normal:SIGMA with a positive SIGMA, e.g. normal:0.05"
+            )
         return init
     allowed = list(INITS) + ["normal:SIGMA"]
     if init not in INITS:
@@ -136,13 +147,15 @@ def _check_common(activation: str, init: str, norm: str, dropout: float) -> str:
     return activation
 
 
-def _hidden(fc: nn.Module, width: int, activation: str, norm: str, dropout: float,
-            conv_dim: int = 0) -> list[tuple[str, nn.Module]]:
+def _hidden(
+    fc: nn.Module, width: int, activation: str, norm: str, dropout: float, conv_dim: int = 0
+) -> list[tuple[str, nn.Module]]:
     """The parts after a weight layer: [norm], activation, [dropout]."""
     parts: list[tuple[str, nn.Module]] = [("fc", fc)]
     if norm == "batch":
-        parts.append(("norm", {0: nn.BatchNorm1d, 1: nn.BatchNorm1d, 2: nn.BatchNorm2d}[conv_dim]
-                              (width)))
+        parts.append(
+            ("norm", {0: nn.BatchNorm1d, 1: nn.BatchNorm1d, 2: nn.BatchNorm2d}[conv_dim](width))
+        )
     elif norm == "layer":
         parts.append(("norm", nn.LayerNorm(width) if conv_dim == 0 else nn.GroupNorm(1, width)))
     parts.append(("act", ACTIVATIONS[activation]()))
@@ -246,17 +259,28 @@ def cnn(
 class EncoderBlock(nn.Module):
     """One transformer encoder block; pre-LN puts the norm inside the residual branch."""
 
-    def __init__(self, width: int, heads: int, activation: str, pre_ln: bool,
-                 dropout: float, ffn_mult: int = 2) -> None:
+    def __init__(
+        self,
+        width: int,
+        heads: int,
+        activation: str,
+        pre_ln: bool,
+        dropout: float,
+        ffn_mult: int = 2,
+    ) -> None:
         super().__init__()
         self.pre_ln = pre_ln
         self.attn = nn.MultiheadAttention(width, heads, dropout=dropout, batch_first=True)
         self.norm1 = nn.LayerNorm(width)
-        self.ffn = nn.Sequential(OrderedDict([
-            ("fc1", nn.Linear(width, ffn_mult * width)),
-            ("act", ACTIVATIONS[activation]()),
-            ("fc2", nn.Linear(ffn_mult * width, width)),
-        ]))
+        self.ffn = nn.Sequential(
+            OrderedDict(
+                [
+                    ("fc1", nn.Linear(width, ffn_mult * width)),
+                    ("act", ACTIVATIONS[activation]()),
+                    ("fc2", nn.Linear(ffn_mult * width, width)),
+                ]
+            )
+        )
         self.norm2 = nn.LayerNorm(width)
         self.drop = nn.Dropout(dropout)
 
@@ -289,8 +313,14 @@ class SequenceEmbedding(nn.Module):
 
 
 class TransformerClassifier(nn.Module):
-    def __init__(self, embed: SequenceEmbedding, blocks: list[EncoderBlock], width: int,
-                 n_classes: int, pre_ln: bool) -> None:
+    def __init__(
+        self,
+        embed: SequenceEmbedding,
+        blocks: list[EncoderBlock],
+        width: int,
+        n_classes: int,
+        pre_ln: bool,
+    ) -> None:
         super().__init__()
         self.embed = embed
         self.blocks = nn.Sequential(*blocks)
@@ -384,8 +414,14 @@ def rnn(
     inter_dropout = dropout if depth > 1 else 0.0
     if cell == "rnn":
         nonlinearity = activation if activation in ("tanh", "relu") else "tanh"
-        core: nn.RNNBase = nn.RNN(in_features, width, depth, nonlinearity=nonlinearity,
-                                  batch_first=True, dropout=inter_dropout)
+        core: nn.RNNBase = nn.RNN(
+            in_features,
+            width,
+            depth,
+            nonlinearity=nonlinearity,
+            batch_first=True,
+            dropout=inter_dropout,
+        )
     else:
         cls = nn.LSTM if cell == "lstm" else nn.GRU
         core = cls(in_features, width, depth, batch_first=True, dropout=inter_dropout)
@@ -399,9 +435,11 @@ def n_parameters(model: nn.Module, trainable_only: bool = True) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-
 BUILDERS: dict[str, Callable[..., nn.Module]] = {
-    "mlp": mlp, "cnn": cnn, "transformer": transformer, "rnn": rnn,
+    "mlp": mlp,
+    "cnn": cnn,
+    "transformer": transformer,
+    "rnn": rnn,
 }
 
 

@@ -90,17 +90,30 @@ ACTIVATION_KINDS: dict[type[nn.Module], str] = {
 }
 DYING_ACTIVATIONS = {"relu", "relu6"}  # exactly zero gradient for every negative input
 # Saturating activations: (lower bound, upper bound) of the output.
-SATURATING_BOUNDS = {"sigmoid": (0.0, 1.0), "tanh": (-1.0, 1.0), "hardsigmoid": (0.0, 1.0),
-                     "hardtanh": (-1.0, 1.0)}
+SATURATING_BOUNDS = {
+    "sigmoid": (0.0, 1.0),
+    "tanh": (-1.0, 1.0),
+    "hardsigmoid": (0.0, 1.0),
+    "hardtanh": (-1.0, 1.0),
+}
 # Below this a float32 norm may have lost entries whose squares underflow (|x| < ~1e-19).
 TINY_NORM = 1e-15
 SATURATION_MARGIN = 0.01  # within 1% of the output range from a bound counts as saturated
 
-CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
-              nn.ConvTranspose3d)
+CONV_TYPES = (
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+)
 # Layers whose output keeps the channel on axis 1: an activation they feed has channel units.
-CHANNEL_FIRST_TYPES = CONV_TYPES + (nn.modules.batchnorm._BatchNorm, nn.GroupNorm,
-                                    nn.modules.instancenorm._InstanceNorm)
+CHANNEL_FIRST_TYPES = CONV_TYPES + (
+    nn.modules.batchnorm._BatchNorm,
+    nn.GroupNorm,
+    nn.modules.instancenorm._InstanceNorm,
+)
 ROOT_NAME = "(model)"
 
 
@@ -375,9 +388,10 @@ class Probe:
         vals = _input_stat_tensor(x)
         if vals is None:
             return
-        self.trace.inputs.append(self._step, {
-            s: [v] for s, v in zip(self.trace.inputs.stats, vals.tolist(), strict=True)
-        })
+        self.trace.inputs.append(
+            self._step,
+            {s: [v] for s, v in zip(self.trace.inputs.stats, vals.tolist(), strict=True)},
+        )
 
     def _on_step_pre(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self._grad_row = self._read_grads()
@@ -387,8 +401,9 @@ class Probe:
             self._lr = math.nan
         if self.sampling:
             with torch.no_grad():
-                self._snapshot = [p.detach().clone() for ps in self._layer_params.values()
-                                  for _, p in ps]
+                self._snapshot = [
+                    p.detach().clone() for ps in self._layer_params.values() for _, p in ps
+                ]
 
     def _on_step_post(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if self._snapshot is not None:
@@ -464,7 +479,8 @@ class Probe:
         self._layer_params = {n: self._layer_params[n] for n in ordered}
         self._grad_row = (
             {k: [v[i] for i in perm] for k, v in self._grad_row.items()}
-            if self._grad_row is not None else None
+            if self._grad_row is not None
+            else None
         )
         acts = self._act_order + [a for a in self._acts if a not in self._act_order]
         t = self.trace
@@ -482,30 +498,40 @@ class Probe:
         grads = row.get("grad_norm_weight", []) + row.get("grad_norm_bias", [])
         present = [g for g in grads if not math.isnan(g)]
         total = math.sqrt(sum(g * g for g in present)) if present else math.nan
-        t.steps.append(self._step, {
-            "loss": [loss],
-            "lr": [self._lr],
-            "grad_norm_total": [total],
-            "nonfinite_loss": [float(self._pending_loss is not None and not math.isfinite(loss))],
-            "nonfinite_grad": [float(self._grads_nonfinite)],
-            "nonfinite_weight": [float(any(not math.isfinite(w)
-                                           for w in row.get("weight_norm", [])))],
-        })
+        t.steps.append(
+            self._step,
+            {
+                "loss": [loss],
+                "lr": [self._lr],
+                "grad_norm_total": [total],
+                "nonfinite_loss": [
+                    float(self._pending_loss is not None and not math.isfinite(loss))
+                ],
+                "nonfinite_grad": [float(self._grads_nonfinite)],
+                "nonfinite_weight": [
+                    float(any(not math.isfinite(w) for w in row.get("weight_norm", [])))
+                ],
+            },
+        )
         t.layer.append(self._step, row)
         if "outputs" in self._pending:
             outs: dict[str, tuple[float, float]] = self._pending["outputs"]  # type: ignore[assignment]
-            t.outputs.append(self._step, {
-                "out_mean": [outs.get(n, (math.nan, math.nan))[0] for n in t.layers],
-                "out_std": [outs.get(n, (math.nan, math.nan))[1] for n in t.layers],
-            })
+            t.outputs.append(
+                self._step,
+                {
+                    "out_mean": [outs.get(n, (math.nan, math.nan))[0] for n in t.layers],
+                    "out_std": [outs.get(n, (math.nan, math.nan))[1] for n in t.layers],
+                },
+            )
         if "updates" in self._pending:
             ups = self._pending["updates"]
             t.updates.append(self._step, {"update_ratio": [ups.get(n, math.nan) for n in t.layers]})
         if "acts" in self._pending:
             acts: dict[str, dict[str, float]] = self._pending["acts"]  # type: ignore[assignment]
-            t.acts.append(self._step, {
-                s: [acts.get(a, {}).get(s, math.nan) for a in t.act_layers] for s in t.acts.stats
-            })
+            t.acts.append(
+                self._step,
+                {s: [acts.get(a, {}).get(s, math.nan) for a in t.act_layers] for s in t.acts.stats},
+            )
         self._pending = {}
         self._pending_loss = None
         self._grad_row = None
@@ -524,10 +550,12 @@ class Probe:
         order: list[tuple[str, bool]] = []
         handles = []
         for name, module in self.model.named_modules():
+
             def hook(m: nn.Module, a: Any, out: Any, name: str = name) -> None:
                 o = out[0] if isinstance(out, tuple | list) else out
                 if isinstance(o, torch.Tensor) and o.is_floating_point():
                     order.append((name or ROOT_NAME, bool(torch.isfinite(o).all())))
+
             handles.append(module.register_forward_hook(hook))
         try:
             with torch.no_grad():
@@ -540,7 +568,8 @@ class Probe:
                     b.copy_(buffers[name])
         first_bad = next((n for n, ok in order if not ok), None)
         weights_bad = [
-            n for n, ps in self._layer_params.items()
+            n
+            for n, ps in self._layer_params.items()
             if any(not bool(torch.isfinite(p).all()) for _, p in ps)
         ]
         return {"first_nonfinite_module": first_bad, "nonfinite_weights": weights_bad}
@@ -556,8 +585,7 @@ def _forward_ordered(registered: list[str], ran: list[str]) -> list[str]:
     for i, name in enumerate(registered):
         if name in ordered:
             continue
-        prev = next((registered[j] for j in range(i - 1, -1, -1) if registered[j] in ordered),
-                    None)
+        prev = next((registered[j] for j in range(i - 1, -1, -1) if registered[j] in ordered), None)
         ordered.insert(ordered.index(prev) + 1 if prev else 0, name)
     return ordered
 
@@ -570,8 +598,11 @@ def _input_stat_tensor(x: torch.Tensor) -> torch.Tensor | None:
         return None
     with torch.no_grad():
         x = x.detach().float()
-        flat = x.reshape(x.shape[0], -1) if x.dim() == 2 else x.transpose(0, 1).reshape(
-            x.shape[1], -1).T
+        flat = (
+            x.reshape(x.shape[0], -1)
+            if x.dim() == 2
+            else x.transpose(0, 1).reshape(x.shape[1], -1).T
+        )
         fmean = flat.mean(0)
         fstd = flat.std(0)
         return torch.stack([x.mean(), x.std(), fmean.abs().max(), fstd.max(), fstd.min()])
@@ -596,8 +627,9 @@ def _norms(tensors: Sequence[torch.Tensor]) -> list[float]:
     return values
 
 
-def _activation_stat_tensor(output: torch.Tensor, kind: str, conv_like: bool,
-                            moments: bool = True) -> torch.Tensor:
+def _activation_stat_tensor(
+    output: torch.Tensor, kind: str, conv_like: bool, moments: bool = True
+) -> torch.Tensor:
     """The ``ACT_STATS`` of one activation output as a tensor (NaN where a rule does not
     apply), so a caller can gather many layers and read them back with one host sync.
     ``moments=False`` skips mean, std and the non-finite flag (NaN) for callers that only

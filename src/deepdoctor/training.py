@@ -49,8 +49,10 @@ def as_tensors(data: Any, name: str = "train") -> TensorData:
         )
     X, y = (torch.as_tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v for v in data)
     if X.dim() == 0 or y.dim() == 0:
-        raise ValueError(f"{name}: X and y must have a sample axis, got shapes "
-                         f"{tuple(X.shape)} and {tuple(y.shape)}")
+        raise ValueError(
+            f"{name}: X and y must have a sample axis, got shapes "
+            f"{tuple(X.shape)} and {tuple(y.shape)}"
+        )
     if len(X) != len(y):
         raise ValueError(f"{name}: X has {len(X)} samples but y has {len(y)}; they must match")
     if len(X) == 0:
@@ -211,14 +213,14 @@ def fit_output(out: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
     return out
 
 
-def compute_loss(loss_fn: Callable[..., torch.Tensor], out: torch.Tensor,
-                 y: torch.Tensor) -> torch.Tensor:
+def compute_loss(
+    loss_fn: Callable[..., torch.Tensor], out: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
     loss = loss_fn(out, y)
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
         shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
         raise ValueError(
-            f"loss_fn returned {shape}, not a scalar; use a reduction such as "
-            "reduction='mean'"
+            f"loss_fn returned {shape}, not a scalar; use a reduction such as reduction='mean'"
         )
     return loss.reshape(())
 
@@ -232,8 +234,9 @@ def accuracy(out: torch.Tensor, y: torch.Tensor, task: str) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, X: torch.Tensor, y: torch.Tensor, loss_fn: Callable[..., Any],
-             task: str) -> tuple[float, float]:
+def evaluate(
+    model: nn.Module, X: torch.Tensor, y: torch.Tensor, loss_fn: Callable[..., Any], task: str
+) -> tuple[float, float]:
     """Mean loss and accuracy (NaN for regression) in eval mode; the mode is restored."""
     was_training = model.training
     model.eval()
@@ -276,8 +279,9 @@ def make_optimizer(optimizer: OptimizerSpec, model: nn.Module) -> torch.optim.Op
     )
 
 
-def schedule_factor(schedule: str, steps: int, warmup_steps: int | None = None
-                    ) -> Callable[[int], float]:
+def schedule_factor(
+    schedule: str, steps: int, warmup_steps: int | None = None
+) -> Callable[[int], float]:
     """Multiplier of the base learning rate at each step."""
     check_choice("schedule", schedule, SCHEDULES)
     if warmup_steps is not None:
@@ -337,11 +341,20 @@ class History:
                 return {k: clean(x) for k, x in v.items()}
             return v
 
-        return clean({
-            "task": self.task, "steps": self.steps, "loss": self.loss, "lr": self.lr,
-            "grad_norm": self.grad_norm, "clipped": self.clipped, "evals": self.evals,
-            "stopped": self.stopped, "stop_step": self.stop_step, "best_step": self.best_step,
-        })
+        return clean(
+            {
+                "task": self.task,
+                "steps": self.steps,
+                "loss": self.loss,
+                "lr": self.lr,
+                "grad_norm": self.grad_norm,
+                "clipped": self.clipped,
+                "evals": self.evals,
+                "stopped": self.stopped,
+                "stop_step": self.stop_step,
+                "best_step": self.best_step,
+            }
+        )
 
 
 @dataclass
@@ -466,8 +479,9 @@ def train(
         _call(callbacks, "on_eval", state, metrics)
         return metrics
 
-    with progress_bar(steps, progress if isinstance(progress, str) else "training",
-                      enabled=bool(progress)) as bar:
+    with progress_bar(
+        steps, progress if isinstance(progress, str) else "training", enabled=bool(progress)
+    ) as bar:
         try:
             for step in range(steps):
                 state.step = step
@@ -492,7 +506,9 @@ def train(
                         probe.record_loss(value)
                         probe.end_step()
                         probe.trace.meta["nonfinite_at"] = {
-                            "step": step, **probe.locate_nonfinite(xb)}
+                            "step": step,
+                            **probe.locate_nonfinite(xb),
+                        }
                     break
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

@@ -24,7 +24,8 @@ def run_list(args: argparse.Namespace) -> int:
     table.add_column("source")
     table.add_column("description")
     for info in data.available():
-        table.add_row(info.name, "local files (root=DIR)" if info.needs_root else "embedded",
-                      info.description)
+        table.add_row(
+            info.name, "local files (root=DIR)" if info.needs_root else "embedded", info.description
+        )
     Console().print(table)
     return 0

@@ -69,7 +69,9 @@ def _speed_comparison(first: float, last: float) -> str:
     if not (math.isfinite(first) and math.isfinite(last)) or last <= 0:
         return "the learning speeds are not finite, so they cannot be compared."
     if first == 0:
-        return ("the first layer's gradient underflowed to exactly 0: it does not learn at "
-                "all, while the last layer's is "
-                f"{last:.1e}.")
+        return (
+            "the first layer's gradient underflowed to exactly 0: it does not learn at "
+            "all, while the last layer's is "
+            f"{last:.1e}."
+        )
     return f"the first layer learns {first / last:.1e} times as fast as the last."
