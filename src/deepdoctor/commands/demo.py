@@ -1,28 +1,61 @@
-"""`deepdoctor demo`: a deep sigmoid MLP on digits, watched by the Probe.
+"""`deepdoctor demo`: the whole tool on one broken network, in about a minute.
 
-It shows the first thing deepdoctor measures: the per-layer learning speed (the norm of each
-layer's bias gradient, Nielsen ch. 5). In a deep sigmoid net it falls by orders of magnitude
-from the output back to the input, so the early layers barely learn.
+The patient is a 50-layer sigmoid MLP with torch's default initialisation on the digits
+(preset ``sigmoid-mlp50-digits``): it stays at chance. The demo walks the four steps a user
+takes with their own model:
+
+1. checkup: one forward/backward pass at initialisation predicts the trouble;
+2. diagnose: a short training run under the Probe shows it layer by layer (the per-layer
+   learning speed, Nielsen ch. 5, falls by orders of magnitude towards the input);
+3. treat: remedies applied to fresh copies, trained from the same seed, kept when verified;
+4. report: the HTML pages and JSON files for all three.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from ..checkup import checkup_experiment
+from ..diagnose import diagnose_experiment
 from ..presets import get_preset
-from ..probe import Probe
+from ..report.terminal import print_findings
+from ..trace import Trace
+from ..treat import DEFAULT_BUDGET, treat
+from .diagnose import headline
+from .treat import before_after_table, save_outputs, trials_table
+
+DEMO_PRESET = "sigmoid-mlp50-digits"
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("demo", help="train a broken deep sigmoid MLP on digits under the Probe")
+    p = sub.add_parser(
+        "demo",
+        help="checkup, diagnose, treat and report a broken 50-layer sigmoid MLP on digits",
+    )
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: preset's)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=DEFAULT_BUDGET,
+        help="treat's compute, in runs of the untreated experiment (default 3)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("deepdoctor-out/demo"),
+        help="directory for the reports (default deepdoctor-out/demo)",
+    )
+    p.add_argument(
+        "--no-treat", action="store_true", help="stop after diagnose (checkup and diagnose only)"
+    )
     p.set_defaults(func=run)
 
 
@@ -33,45 +66,79 @@ def _speed_bar(value: float, lo: float, hi: float, width: int = 24) -> str:
     return "#" * max(1, round(frac * width))
 
 
-def run(args: argparse.Namespace) -> int:
-    console = Console()
-    exp = get_preset("sigmoid-mlp50-digits").replace(seed=args.seed)
-    if args.steps is not None:
-        exp = exp.replace(steps=args.steps)
-    console.print(f"[bold]deepdoctor demo[/]: {exp.description}")
-    model = exp.build()
-    with Probe(model) as probe:
-        history = exp.run(model, probe=probe, progress="training")
-    speed = probe.trace.learning_speed()
+def learning_speed_table(trace: Trace, rows: int = 12) -> Table:
+    """Bias-gradient norm per layer at the start and end of the run, input at the top.
+
+    A deep net has too many layers for a screen, so at most ``rows`` evenly spaced layers
+    are shown (always the first and the last).
+    """
+    speed = trace.learning_speed()
     start, end = speed[0], speed[-1]
-    finite = np.concatenate([start, end])
-    finite = finite[np.isfinite(finite) & (finite > 0)]
-    lo, hi = (math.log10(finite.min()), math.log10(finite.max())) if finite.size else (0, 1)
-    table = Table(title="learning speed per layer (bias-gradient norm), input at the top")
-    table.add_column("layer")
-    table.add_column("at start", justify="right")
-    table.add_column("at end", justify="right")
-    table.add_column("log scale (end)")
-    for name, s0, s1 in zip(probe.trace.layers, start, end, strict=True):
-        table.add_row(name, f"{s0:.2e}", f"{s1:.2e}", _speed_bar(s1, lo, hi))
-    console.print(table)
-    final = history.final
-    console.print(
-        f"after {history.steps} steps: train loss {final.get('train_loss', math.nan):.3f}, "
-        f"validation accuracy {100 * final.get('val_accuracy', math.nan):.1f}% "
-        f"(chance is 10%); {_speed_comparison(end[0], end[-1])}"
+    both = np.concatenate([start, end])
+    both = both[np.isfinite(both) & (both > 0)]
+    lo, hi = (math.log10(both.min()), math.log10(both.max())) if both.size else (0.0, 1.0)
+    n = len(trace.layers)
+    shown = sorted(set(np.linspace(0, n - 1, min(rows, n)).round().astype(int).tolist()))
+    table = Table(
+        title="learning speed per layer (bias-gradient norm)",
+        caption=f"{len(shown)} of {n} layers shown, input at the top",
     )
-    return 0
+    for col, justify in (("layer", "left"), ("at start", "right"), ("at end", "right")):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    table.add_column("log scale (end)")
+    for i in shown:
+        table.add_row(
+            trace.layers[i], f"{start[i]:.2e}", f"{end[i]:.2e}", _speed_bar(end[i], lo, hi)
+        )
+    return table
 
 
-def _speed_comparison(first: float, last: float) -> str:
+def speed_comparison(first: float, last: float) -> str:
     """How the first layer's learning speed compares with the last's, in words."""
     if not (math.isfinite(first) and math.isfinite(last)) or last <= 0:
         return "the learning speeds are not finite, so they cannot be compared."
     if first == 0:
         return (
             "the first layer's gradient underflowed to exactly 0: it does not learn at "
-            "all, while the last layer's is "
-            f"{last:.1e}."
+            f"all, while the last layer's is {last:.1e}."
         )
     return f"the first layer learns {first / last:.1e} times as fast as the last."
+
+
+def run(args: argparse.Namespace) -> int:
+    console = Console()
+    exp = get_preset(DEMO_PRESET).replace(seed=args.seed)
+    if args.steps is not None:
+        exp = exp.replace(steps=args.steps)
+    console.print(f"[bold]deepdoctor demo[/]: {exp.description}", highlight=False)
+    out: Path = args.out
+
+    console.rule("1. checkup at initialisation (one forward and backward pass)")
+    chk = checkup_experiment(exp)
+    print_findings([f.to_dict() for f in chk.findings], console, title="predicted at init")
+    console.print(chk.depth_summary(), highlight=False)
+
+    console.rule(f"2. diagnose ({exp.steps} steps under the Probe)")
+    diag = diagnose_experiment(exp, progress="diagnosing")
+    console.print(learning_speed_table(diag.trace))
+    end = diag.trace.learning_speed()[-1]
+    console.print(
+        f"{headline(diag)} (chance is 10%); {speed_comparison(end[0], end[-1])}",
+        highlight=False,
+    )
+    print_findings([f.to_dict() for f in diag.findings], console, title="found in training")
+
+    written = [chk.save(out / "checkup"), diag.save(out / "diagnosis")]
+    if not args.no_treat:
+        console.rule(f"3. treat (budget {args.budget:g} runs of the untreated experiment)")
+        tr = treat(exp, budget=args.budget, progress=True)
+        console.print(f"{tr.message}", highlight=False)
+        console.print(trials_table(tr))
+        console.print(before_after_table(tr))
+        console.print(f"compute: {tr.compute:.2f} x one untreated run", highlight=False)
+        written += save_outputs(tr, out / "treatment")
+
+    console.rule("4. report")
+    for path in written:
+        console.print(f"wrote {path}", highlight=False)
+    return 0

@@ -60,6 +60,25 @@ def trials_table(tr: Treatment) -> Table:
     return table
 
 
+def before_after_table(tr: Treatment) -> Table:
+    """The untreated and treated run's final metrics side by side."""
+    rows = [
+        ("train_loss", "train loss"),
+        ("val_loss", "validation loss"),
+        ("val_accuracy", "validation accuracy"),
+    ]
+    summary = Table(title="before / after (same seed, data order and steps)")
+    summary.add_column("metric")
+    summary.add_column("untreated", justify="right")
+    summary.add_column("treated", justify="right")
+    for key, label in rows:
+        if key in tr.before:
+            summary.add_row(
+                label, f"{tr.before[key]:.4f}", f"{tr.after.get(key, float('nan')):.4f}"
+            )
+    return summary
+
+
 def save_outputs(tr: Treatment, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -84,21 +103,7 @@ def run(args: argparse.Namespace) -> int:
     tr = treat(exp, budget=args.budget, seed=args.seed, progress=True)
     console.print(f"[bold]treat[/] {exp.name}: {tr.message}", highlight=False)
     console.print(trials_table(tr))
-    rows = [
-        ("train_loss", "train loss"),
-        ("val_loss", "validation loss"),
-        ("val_accuracy", "validation accuracy"),
-    ]
-    summary = Table(title="before / after")
-    summary.add_column("metric")
-    summary.add_column("untreated", justify="right")
-    summary.add_column("treated", justify="right")
-    for key, label in rows:
-        if key in tr.before:
-            summary.add_row(
-                label, f"{tr.before[key]:.4f}", f"{tr.after.get(key, float('nan')):.4f}"
-            )
-    console.print(summary)
+    console.print(before_after_table(tr))
     console.print(f"compute: {tr.compute:.2f} x one untreated run")
     print_findings([f.to_dict() for f in tr.findings], console, title="findings after treatment")
     for path in save_outputs(tr, args.out):
