@@ -47,7 +47,15 @@ from .experiment import Experiment
 from .findings import Finding, sort_findings
 from .remedies import REMEDIES, Context, Prescription, apply_remedies, compatible
 from .results import Result
-from .training import History, is_loader, loader_tensors
+from .training import (
+    TRAIN_EVAL_SAMPLES,
+    History,
+    default_loss,
+    evaluate,
+    infer_task,
+    is_loader,
+    loader_tensors,
+)
 
 DEFAULT_BUDGET = 3.0  # baseline runs; AUTOTRAINER reports 2.21x for its repairs
 SCREEN_FRACTION = 0.2  # of the steps: enough for trainability fixes to separate from chance
@@ -197,6 +205,30 @@ def score_at(history: History, step: int) -> float:
     return score_of(chosen) if chosen else -math.inf
 
 
+def with_final_eval(exp: Experiment, history: History, model: nn.Module | None) -> History:
+    """``history`` ending with the metrics of ``model`` at its last step.
+
+    The training loop evaluates at the end of a run that completes, goes non-finite or is
+    interrupted, but not of one a callback stops (diagnose's blow-up stop): without this, a
+    baseline that blows up before its first evaluation has no metrics, scores -inf and makes
+    the noise margin infinite, so no remedy could ever pass.
+    """
+    if model is None or history.steps == 0:
+        return history
+    if history.evals and history.evals[-1]["step"] == history.steps:
+        return history
+    X, y = loader_tensors(exp.train, TRAIN_EVAL_SAMPLES)
+    loss_fn = exp.loss_fn if exp.loss_fn is not None else default_loss(y)
+    task = infer_task(y, exp.loss_fn)
+    metrics = {"step": float(history.steps)}
+    metrics["train_loss"], metrics["train_accuracy"] = evaluate(model, X, y, loss_fn, task)
+    if exp.val is not None:
+        Xv, yv = loader_tensors(exp.val)
+        metrics["val_loss"], metrics["val_accuracy"] = evaluate(model, Xv, yv, loss_fn, task)
+    history.evals.append(metrics)
+    return history
+
+
 def uses_accuracy(metrics: dict[str, float]) -> bool:
     return any(math.isfinite(metrics.get(k, math.nan)) for k in ("val_accuracy", "train_accuracy"))
 
@@ -286,6 +318,7 @@ def treat(
     started = time.time()
 
     base = diagnose_experiment(exp, progress="baseline" if progress else False)
+    with_final_eval(exp, base.history, base.model)
     spent += base.history.steps / exp.steps
     before = metrics_of(base.history)
     base_score = score_of(before)
@@ -385,6 +418,7 @@ def treat(
             )
         treated = apply_remedies(exp, best.remedies, ctx)
         run = diagnose_experiment(treated, progress="verifying" if progress else False)
+        with_final_eval(treated, run.history, run.model)
         spent += run.history.steps / exp.steps
         verify = Trial(
             best.remedies,
