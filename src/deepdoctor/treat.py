@@ -177,7 +177,12 @@ class Treatment(Result):
 
 
 def metrics_of(history: History) -> dict[str, float]:
+    """The metrics of the model a run returns: its last evaluation's, or, when early stopping
+    ended it (the loop then restores the best weights), those of the evaluation at its best
+    step."""
     final = history.final
+    if history.stopped == "early_stopping" and history.best_step is not None:
+        final = next(e for e in history.evals if e["step"] == history.best_step)
     return {
         k: float(final[k])
         for k in ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
