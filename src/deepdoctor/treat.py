@@ -15,6 +15,10 @@ Compute is counted in baseline runs (one run = the experiment's ``steps`` optimi
    steps and is compared with the baseline's own evaluation at the same step. Trainability
    remedies (init, activation, normalisation, learning rate...) show within a few dozen
    steps; regularisation remedies only show late, so they are screened over the full run.
+   Such a full-length screen is probed and is exactly the verification run (same seed,
+   data order and budget), so when it passes it is kept without a second run; it may
+   therefore use the run set aside for verification (otherwise, after 1 + 0.2 runs and
+   that reserve, a budget of 3 leaves 0.8: never enough to screen one).
    A remedy that cannot be applied automatically is recorded as a prescription and costs
    nothing; one that throws is recorded with its error and the search goes on.
 4. Combination: when two compatible remedies both passed screening, their combination is
@@ -89,6 +93,8 @@ class Trial:
     kept: bool = False
     error: str | None = None
     prescription: str | None = None
+    # A full-length screen (treated experiment, its probed run): already a verification.
+    full_run: tuple[Experiment, Any] | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         def clean(v: float) -> float | None:
@@ -374,9 +380,7 @@ def treat(
         passed: list[Trial] = []
         with progress_bar(len(candidates), "screening", enabled=progress) as bar:
             for group in candidates[:MAX_CANDIDATES]:
-                trial = _screen(
-                    exp, group, ctx, screen_steps, base.history, margin, budget - spent - 1.0
-                )
+                trial = _screen(exp, group, ctx, screen_steps, base.history, margin, budget - spent)
                 spent += trial.steps / exp.steps
                 trials.append(trial)
                 if trial.passed:
@@ -396,7 +400,7 @@ def treat(
                     screen_steps,
                     base.history,
                     margin,
-                    budget - spent - 1.0,
+                    budget - spent,
                     stage="combine",
                 )
                 spent += trial.steps / exp.steps
@@ -411,8 +415,26 @@ def treat(
                 "no remedy beat the untreated run by more than the "
                 f"noise margin ({margin:.3g}); nothing applied",
             )
+
+        def applied(remedies: list[str], score: float) -> str:
+            return (
+                f"applied {' + '.join(remedies)}: score {base_score:.3g} -> {score:.3g} "
+                f"(+{score - base_score:.3g}, noise margin {margin:.3g}) in "
+                f"{time.time() - started:.0f} s"
+            )
+
         # Prefer the larger gain; on a tie, fewer changes.
-        best = max(passed, key=lambda t: (t.score, -len(t.remedies)))
+        def rank(t: Trial) -> tuple[float, int]:
+            return t.score, -len(t.remedies)
+
+        best = max(passed, key=rank)
+        verified = [t for t in passed if t.full_run is not None]
+        if best.full_run is None and spent + 1.0 > budget + 1e-9 and verified:
+            best = max(verified, key=rank)
+        if best.full_run is not None:
+            best.kept = True
+            treated, run = best.full_run
+            return result(best.remedies, treated, run, applied(best.remedies, best.score))
         if spent + 1.0 > budget + 1e-9:
             return result(
                 [],
@@ -445,15 +467,7 @@ def treat(
                 f"({verify.score:.3g} vs {base_score:.3g}, margin {margin:.3g})",
             )
         best.kept = True
-        gain = verify.score - base_score
-        return result(
-            best.remedies,
-            treated,
-            run,
-            f"applied {' + '.join(best.remedies)}: score {base_score:.3g} -> "
-            f"{verify.score:.3g} (+{gain:.3g}, noise margin {margin:.3g}) in "
-            f"{time.time() - started:.0f} s",
-        )
+        return result(best.remedies, treated, run, applied(best.remedies, verify.score))
     except KeyboardInterrupt:
         verified = [t for t in trials if t.kept]
         return result(
@@ -475,6 +489,9 @@ def _screen(
     room: float,
     stage: str = "screen",
 ) -> Trial:
+    """Screen one remedy set; ``room`` is the budget left, in runs."""
+    from .diagnose import diagnose_experiment
+
     trial = Trial(list(group), stage)
     try:
         candidate = apply_remedies(exp, group, ctx)
@@ -486,12 +503,18 @@ def _screen(
         return trial
     late = any(r in LATE_EFFECT for r in group)
     steps = candidate.steps if late else screen_steps
-    if steps / exp.steps > room + 1e-9:
+    # A short screen leaves room for its verification run; a full-length one is its own.
+    if steps / exp.steps + (0.0 if late else 1.0) > room + 1e-9:
         trial.error = "not tried: budget"
         return trial
     try:
-        model = candidate.build()
-        history = candidate.run(model=copy.deepcopy(model), steps=steps)
+        if late:
+            run = diagnose_experiment(candidate)
+            history = with_final_eval(candidate, run.history, run.model)
+            trial.full_run = (candidate, run)
+        else:
+            model = candidate.build()
+            history = candidate.run(model=copy.deepcopy(model), steps=steps)
     except Exception as exc:
         trial.error = f"{type(exc).__name__}: {exc}"
         return trial
