@@ -240,6 +240,18 @@ def with_final_eval(exp: Experiment, history: History, model: nn.Module | None) 
     return history
 
 
+def stop_if_interrupted(history: History) -> History:
+    """The training loop turns Ctrl-C into a clean stop of that one run; treat stops too."""
+    if history.stopped == "interrupted":
+        raise KeyboardInterrupt
+    return history
+
+
+def rank(trial: Trial) -> tuple[float, int]:
+    """The larger gain first; on a tie, fewer changes."""
+    return trial.score, -len(trial.remedies)
+
+
 def uses_accuracy(metrics: dict[str, float]) -> bool:
     return any(math.isfinite(metrics.get(k, math.nan)) for k in ("val_accuracy", "train_accuracy"))
 
@@ -366,12 +378,14 @@ def treat(
             else "the findings name no remedy that can be applied automatically"
         )
         return result([], exp, base, msg)
+    if base.history.stopped == "interrupted":
+        return result([], exp, base, "interrupted during the untreated run", interrupted=True)
 
     ctx = _context(exp, base.trace, base.findings)
     try:
         # Seed-to-seed noise at the screening point.
         if spent + SCREEN_FRACTION <= budget:
-            other = exp.run(steps=screen_steps, seed=exp.seed + 1)
+            other = stop_if_interrupted(exp.run(steps=screen_steps, seed=exp.seed + 1))
             spent += SCREEN_FRACTION
             noise = abs(score_at(base.history, screen_steps) - score_of(metrics_of(other)))
         min_gain = MIN_GAIN_ACCURACY if uses_accuracy(before) else MIN_GAIN_LOSS * abs(base_score)
@@ -423,10 +437,6 @@ def treat(
                 f"{time.time() - started:.0f} s"
             )
 
-        # Prefer the larger gain; on a tie, fewer changes.
-        def rank(t: Trial) -> tuple[float, int]:
-            return t.score, -len(t.remedies)
-
         best = max(passed, key=rank)
         verified = [t for t in passed if t.full_run is not None]
         if best.full_run is None and spent + 1.0 > budget + 1e-9 and verified:
@@ -445,7 +455,7 @@ def treat(
             )
         treated = apply_remedies(exp, best.remedies, ctx)
         run = diagnose_experiment(treated, progress="verifying" if progress else False)
-        with_final_eval(treated, run.history, run.model)
+        stop_if_interrupted(with_final_eval(treated, run.history, run.model))
         spent += run.history.steps / exp.steps
         verify = Trial(
             best.remedies,
@@ -469,12 +479,21 @@ def treat(
         best.kept = True
         return result(best.remedies, treated, run, applied(best.remedies, verify.score))
     except KeyboardInterrupt:
-        verified = [t for t in trials if t.kept]
+        verified = [t for t in trials if t.passed and t.full_run is not None]
+        if not verified:
+            return result(
+                [], exp, base, "interrupted: returning the untreated run", interrupted=True
+            )
+        best = max(verified, key=rank)
+        best.kept = True
+        assert best.full_run is not None  # filtered above
+        treated, run = best.full_run
         return result(
-            [],
-            exp,
-            base,
-            "interrupted: returning the untreated run" if not verified else "interrupted",
+            best.remedies,
+            treated,
+            run,
+            f"interrupted: keeping {' + '.join(best.remedies)}, verified over the full run "
+            f"(score {base_score:.3g} -> {best.score:.3g})",
             interrupted=True,
         )
 
@@ -518,6 +537,7 @@ def _screen(
     except Exception as exc:
         trial.error = f"{type(exc).__name__}: {exc}"
         return trial
+    stop_if_interrupted(history)
     trial.steps = history.steps
     trial.metrics = metrics_of(history)
     trial.score = score_of(trial.metrics)
