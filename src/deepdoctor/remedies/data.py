@@ -30,10 +30,17 @@ def _standardize(exp: Experiment, ctx: Context) -> Experiment:
             "standardize_inputs",
             "the inputs are not floating point (token ids?); nothing to standardise",
         )
+    if is_loader(exp.val):
+        # Scaling only the training data would evaluate the model on inputs it never saw.
+        raise Prescription(
+            "standardize_inputs",
+            "the validation data is a DataLoader; scale it in its Dataset with the training "
+            "data's mean and std, (X - mean) / std, as well as the training data",
+        )
     mean = X.mean(0, keepdim=True)
     std = X.std(0, keepdim=True).clamp_min(STD_FLOOR)
     val = None
-    if exp.val is not None and not is_loader(exp.val):
+    if exp.val is not None:
         Xv, yv = exp.val
         val = ((Xv - mean) / std, yv)
     return record_change(
@@ -42,7 +49,7 @@ def _standardize(exp: Experiment, ctx: Context) -> Experiment:
         "mean, std = X_train.mean(0), X_train.std(0).clamp_min(1e-6); "
         "X = (X - mean) / std  # train statistics, for train and val",
         train=((X - mean) / std, y),
-        val=val if val is not None else exp.val,
+        val=val,
     )
 
 
