@@ -62,7 +62,8 @@ def _class_weights(exp: Experiment, ctx: Context) -> Experiment:
             "class_weights",
             "the loss is not cross-entropy; weight its terms by inverse class frequency by hand",
         )
-    counts = torch.bincount(y).float().clamp_min(1)
+    # One weight per output: a class missing from the training labels still has a logit.
+    counts = torch.bincount(y, minlength=exp.n_classes or 0).float().clamp_min(1)
     weight = counts.sum() / (len(counts) * counts)  # inverse frequency, mean weight 1
     return record_change(
         exp,
