@@ -1,0 +1,266 @@
+"""treat: the cases it must repair, the healthy one it must leave alone, bad input, the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import deepdoctor as dd
+from deepdoctor.cli import main
+from deepdoctor.presets import get_preset, sgd
+from deepdoctor.remedies import REMEDIES, Context, apply_remedies
+from deepdoctor.remedies.base import Remedy
+from deepdoctor.treat import Treatment, treat
+
+REGULARISATION = {"dropout", "weight_decay", "early_stopping", "data_augmentation"}
+
+
+def kinds(findings: list[dd.Finding]) -> set[str]:
+    return {f.kind for f in findings if f.is_problem}
+
+
+def diverging_mlp(steps: int = 200) -> dd.Experiment:
+    """20-layer ReLU MLP, He init, SGD lr 0.3 with momentum 0.9: blows up within 15 steps."""
+    split = dd.data.load("digits")
+    return dd.Experiment(
+        lambda: dd.models.mlp(64, 10, depth=20, width=64, init="he"),
+        split.train,
+        split.val,
+        optimizer=sgd(0.3, momentum=0.9),
+        steps=steps,
+        n_classes=split.n_classes,
+        name="diverging-relu-mlp20",
+    )
+
+
+@pytest.fixture(scope="module")
+def sigmoid50() -> Treatment:
+    return treat(get_preset("sigmoid-mlp50-digits"))
+
+
+@pytest.fixture(scope="module")
+def diverging() -> Treatment:
+    return treat(diverging_mlp())
+
+
+@pytest.fixture(scope="module")
+def overfit() -> Treatment:
+    return treat(get_preset("overfitting-noisy-digits"))
+
+
+# -- the cases of issue 6 -------------------------------------------------------------------
+
+
+def test_the_broken_50_layer_sigmoid_mlp_is_treated_to_90_percent(sigmoid50: Treatment) -> None:
+    tr = sigmoid50
+    assert tr.before["val_accuracy"] < 0.2  # measured 10.3%: chance
+    assert tr.after["val_accuracy"] >= 0.90  # measured 94.7%
+    assert tr.applied == ["residual"]
+    assert tr.compute <= 3.0
+    assert "vanishing_gradients" in kinds(tr.findings_before)
+    assert "vanishing_gradients" not in kinds(tr.findings)
+    assert not tr.interrupted and tr.message.startswith("applied residual: score 0.103 -> 0.9")
+    kept = [t for t in tr.trials if t.kept]
+    assert [t.stage for t in kept] == ["screen", "verify"]
+    assert kept[-1].steps == 300 and kept[-1].metrics == tr.after
+    # the treated model is the verified one: its accuracy is the reported one
+    X, y = tr.experiment.val
+    tr.model.eval()
+    with torch.no_grad():
+        accuracy = (tr.model(X).argmax(1) == y).float().mean().item()
+    assert accuracy == pytest.approx(tr.after["val_accuracy"])
+
+
+def test_the_diverging_relu_mlp_is_treated_and_the_blowup_is_gone(diverging: Treatment) -> None:
+    tr = diverging
+    assert {"diverging_loss", "exploding_gradients"} <= kinds(tr.findings_before)
+    # the blow-up stopped the run before its first evaluation (step 20): treat evaluated it
+    assert tr.history_before is not None and tr.history_before.stopped == "loss_blowup"
+    assert tr.history_before.steps < tr.experiment.eval_every == 20  # measured: 15
+    assert tr.before["val_accuracy"] == pytest.approx(0.1) and tr.before["val_loss"] > 100
+    assert tr.applied == ["lower_lr"]
+    assert not kinds(tr.findings) & {"diverging_loss", "nonfinite", "exploding_gradients"}
+    assert tr.after["val_accuracy"] > tr.before["val_accuracy"] + 0.4  # measured 63.3%
+    assert tr.after["val_loss"] < 1.5
+    assert tr.history_after is not None and tr.history_after.stopped == "completed"
+    opt = tr.treated.optimizer(tr.model.parameters())
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.03)  # /10 for a diverging run
+    assert tr.compute <= 3.0
+
+
+def test_a_healthy_model_gets_no_remedy() -> None:
+    tr = treat(get_preset("healthy-mlp-digits"))
+    assert tr.applied == [] and tr.trials == []
+    assert tr.message == "the untreated run is healthy: no remedy applied"
+    assert tr.compute == 1.0
+    assert tr.after == tr.before and tr.before["val_accuracy"] > 0.95
+    assert tr.treated is tr.experiment and tr.snippet() == "# deepdoctor treat: no change\n"
+
+
+def test_an_overfitting_model_is_regularised_and_its_validation_loss_falls(
+    overfit: Treatment,
+) -> None:
+    tr = overfit
+    assert "overfitting" in kinds(tr.findings_before)
+    assert tr.applied and set(tr.applied) <= REGULARISATION
+    assert tr.after["val_loss"] < 0.5 * tr.before["val_loss"]  # measured 2.04 -> 0.83
+    assert tr.after["val_accuracy"] > tr.before["val_accuracy"] + 0.1  # 61.4% -> 79.2%
+    assert tr.compute <= 3.0
+    # Regularisation is screened over the full run, which then needs no second run: the
+    # kept trial is that screen, scored by the best weights early stopping returns.
+    (kept,) = [t for t in tr.trials if t.kept]
+    assert kept.stage == "screen" and kept.metrics == tr.after
+    assert tr.history_after is not None and tr.history_after.best_step is not None
+    best = [e for e in tr.history_after.evals if e["step"] == tr.history_after.best_step]
+    assert best[0]["val_loss"] == tr.after["val_loss"] == min(tr.history_after.metric("val_loss"))
+
+
+# -- bad input ------------------------------------------------------------------------------
+
+
+def small_sigmoid(steps: int = 50) -> dd.Experiment:
+    return get_preset("sigmoid-mlp50-digits").replace(steps=steps)
+
+
+@pytest.mark.parametrize("budget", [0.99, 0, -1])
+def test_a_budget_below_one_run_is_refused_with_the_minimum(budget: float) -> None:
+    with pytest.raises(
+        ValueError, match=r"too small to run even the untreated baseline: the minimum is 1\.0"
+    ):
+        treat(small_sigmoid(), budget=budget)
+
+
+def test_a_budget_of_one_run_gives_the_baseline_only() -> None:
+    tr = treat(small_sigmoid(), budget=1.0)
+    assert tr.applied == [] and tr.compute == 1.0 and math.isnan(tr.noise)
+    assert tr.trials and all(t.steps == 0 and not t.passed for t in tr.trials)
+    assert tr.trials[0].error == "not tried: budget"
+    assert tr.message.startswith("no remedy beat the untreated run")
+
+
+def unseeded_generator() -> nn.Module:
+    g = torch.Generator()
+    g.seed()  # a fresh non-deterministic seed
+    model = nn.Linear(64, 10)
+    with torch.no_grad():
+        model.weight.copy_(torch.randn(10, 64, generator=g))
+    return model
+
+
+def time_seeded() -> nn.Module:
+    torch.manual_seed(time.perf_counter_ns())
+    return nn.Linear(64, 10)
+
+
+@pytest.mark.parametrize("builder", [unseeded_generator, time_seeded])
+def test_a_nondeterministic_builder_is_detected(builder: Callable[[], nn.Module]) -> None:
+    split = dd.data.load("digits")
+    exp = dd.Experiment(builder, split.train, split.val, steps=10, name="random-net")
+    with pytest.raises(ValueError, match="the model builder of 'random-net' is not deterministic"):
+        treat(exp)
+
+
+def test_a_remedy_that_throws_is_recorded_and_the_search_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def boom(exp: dd.Experiment, ctx: Context) -> dd.Experiment:
+        raise RuntimeError("boom")
+
+    monkeypatch.setitem(REMEDIES, "he_init", Remedy("he_init", "init", "throws", boom))
+    tr = treat(small_sigmoid(), remedies=["he_init", "residual"])
+    assert tr.trials[0].remedies == ["he_init"] and tr.trials[0].error == "RuntimeError: boom"
+    assert tr.trials[0].steps == 0 and not tr.trials[0].passed
+    assert tr.applied == ["residual"] and tr.after["val_accuracy"] > 0.6
+
+
+def interrupting(exp: dd.Experiment, ctx: Context) -> dd.Experiment:
+    """A candidate whose first training batch raises KeyboardInterrupt, as Ctrl-C would."""
+
+    def ctrl_c(x: torch.Tensor) -> torch.Tensor:
+        raise KeyboardInterrupt
+
+    return exp.replace(augment=ctrl_c)
+
+
+def test_ctrl_c_during_screening_returns_the_untreated_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(REMEDIES, "adam", Remedy("adam", "optimization", "Ctrl-C", interrupting))
+    tr = treat(small_sigmoid(), remedies=["adam", "residual"])
+    assert tr.interrupted and tr.applied == []
+    assert tr.message == "interrupted: returning the untreated run"
+    assert tr.trials == []  # residual was never screened
+    assert tr.after == tr.before and tr.compute == 1.2  # baseline + the noise run
+
+
+def test_ctrl_c_keeps_the_best_verified_result_so_far(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(REMEDIES, "adam", Remedy("adam", "optimization", "Ctrl-C", interrupting))
+    tr = treat(get_preset("overfitting-noisy-digits"), remedies=["early_stopping", "adam"])
+    assert tr.interrupted and tr.applied == ["early_stopping"]
+    assert tr.message.startswith("interrupted: keeping early_stopping, verified over the full run")
+    assert tr.after["val_loss"] < tr.before["val_loss"]
+
+
+# -- outputs --------------------------------------------------------------------------------
+
+
+def test_to_dict_is_strict_json(diverging: Treatment, sigmoid50: Treatment) -> None:
+    for tr in (diverging, sigmoid50):
+        out = json.loads(json.dumps(tr.to_dict(), allow_nan=False))
+        assert out["applied"] == tr.applied and out["compute"] == tr.compute
+        assert len(out["trials"]) == len(tr.trials)
+    # -inf scores of blown-up trials become null
+    dumped = diverging.to_dict()
+    assert any(t["score"] is None and t["steps"] > 0 for t in dumped["trials"])
+
+
+def test_snippet_holds_the_code_of_the_applied_remedies(
+    diverging: Treatment, sigmoid50: Treatment, overfit: Treatment
+) -> None:
+    assert diverging.snippet() == "# deepdoctor treat: lower_lr\n# lower_lr\nlr = 0.03  # was 0.3\n"
+    assert "x = x + block(x)" in sigmoid50.snippet()
+    assert "# stop after 3 evaluations without a better val loss" in overfit.snippet()
+    for tr in (diverging, sigmoid50, overfit):
+        compile(tr.snippet(), "changes.py", "exec")
+
+
+def test_cli_treat_writes_model_snippet_and_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "treat"
+    code = main(["treat", "preset:sigmoid-mlp50-digits", "--steps", "50", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 1  # repaired, but sigmoid units still saturate: findings remain
+    assert "applied residual" in printed and "before / after" in printed
+    report = json.loads((out / "treatment.json").read_text())
+    assert report["applied"] == ["residual"] and report["experiment"]["steps"] == 50
+    assert not report["healthy"] and "saturated_units" in {f["kind"] for f in report["findings"]}
+    assert report["after"]["val_accuracy"] > 0.6 > 0.2 > report["before"]["val_accuracy"]
+    assert (out / "report.html").stat().st_size > 10_000
+    snippet = (out / "changes.py").read_text()
+    compile(snippet, "changes.py", "exec")
+    assert "x = x + block(x)" in snippet
+    # the saved weights fit the treated architecture, rebuilt from the applied remedies
+    exp = get_preset("sigmoid-mlp50-digits")
+    ctx = Context(example=exp.train[0][:8])
+    model = apply_remedies(exp, report["applied"], ctx).build()
+    state = torch.load(out / "treated_model.pt", weights_only=True)
+    model.load_state_dict(state)
+    X, y = exp.val
+    model.eval()
+    with torch.no_grad():
+        accuracy = (model(X).argmax(1) == y).float().mean().item()
+    assert math.isclose(accuracy, report["after"]["val_accuracy"], rel_tol=1e-6)
+
+
+def test_cli_treat_refuses_a_small_budget(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["treat", "preset:healthy-mlp-digits", "--budget", "0.5"]) == 2
+    err = " ".join(capsys.readouterr().err.split())  # the console wraps long lines
+    assert "budget 0.5 is too small to run even the untreated baseline: the minimum is 1.0" in err
