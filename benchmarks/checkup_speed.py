@@ -13,21 +13,20 @@ Threads: torch runs with one thread here. On a shared 2-core machine the default
 pool of two threads spins against other processes and makes a matmul up to 50x slower and
 wildly noisy; one thread gives stable timings for both sides of the ratio.
 
-    .venv/bin/python benchmarks/checkup_speed.py [--repeats 5] [--depths 10 100 1000]
+    .venv/bin/python benchmarks/checkup_speed.py [--quick] [--repeats 5] [--depths 10 100 1000]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import os
 import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
+from _rss import CHILD_ENV, reset_peak, status_kib
 from torch import nn
 
 import deepdoctor as dd
@@ -79,13 +78,6 @@ def run_op(mode: str, depth: int) -> None:
         dd.checkup(model, (X, y))
 
 
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
 def child_memory(mode: str, depth: int) -> None:
     """In a fresh process: print the rise of peak RSS (KiB) during one step or checkup.
 
@@ -97,33 +89,31 @@ def child_memory(mode: str, depth: int) -> None:
     run_op(mode, 1)  # loads the lazy imports and kernels of the mode first
     model, X, y = setup(depth)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-    before = _status_kib("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")
+    before = status_kib("VmRSS")
+    reset_peak()
     if mode == "train":
         train_step(model, opt, X, y)
     else:
         dd.checkup(model, (X, y))
-    print(_status_kib("VmHWM") - before)
+    print(status_kib("VmHWM") - before)
 
 
 def peak_rise_kib(depth: int, mode: str) -> int:
-    # Tensors of 64 KiB and more are mapped and unmapped on their own, so the resident set
-    # follows the live tensors rather than what glibc's heap happens to hold on to.
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
     out = subprocess.run(
         [sys.executable, __file__, "--child-memory", mode, str(depth)],
         capture_output=True,
         text=True,
         check=True,
-        env=env,
+        env=CHILD_ENV,
     )
     return int(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--depths", type=int, nargs="+", default=[10, 100, 1000])
+    parser.add_argument("--quick", action="store_true", help="depths 10 and 100, 3 repeats")
+    parser.add_argument("--repeats", type=int)
+    parser.add_argument("--depths", type=int, nargs="+")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
     parser.add_argument(
         "--child-memory", nargs=2, metavar=("MODE", "DEPTH"), help=argparse.SUPPRESS
@@ -132,17 +122,19 @@ def main() -> None:
     if args.child_memory:
         child_memory(args.child_memory[0], int(args.child_memory[1]))
         return
+    repeats = args.repeats or (3 if args.quick else 5)
+    depths = args.depths or ([10, 100] if args.quick else [10, 100, 1000])
     torch.set_num_threads(1)
     print(
-        f"MLP width {WIDTH}, batch {BATCH}, He init; median of {args.repeats} interleaved "
+        f"MLP width {WIDTH}, batch {BATCH}, He init; median of {repeats} interleaved "
         "repetitions; 1 thread"
     )
     print(
         f"{'depth':>6} {'train step s':>13} {'checkup s':>10} {'ratio':>6}"
         + ("" if args.no_memory else f" {'step peak MiB':>14} {'checkup peak MiB':>17}")
     )
-    for depth in args.depths:
-        step, check = speed(depth, args.repeats)
+    for depth in depths:
+        step, check = speed(depth, repeats)
         line = f"{depth:>6} {step:>13.4f} {check:>10.4f} {check / step:>6.2f}"
         if not args.no_memory:
             mem_step = peak_rise_kib(depth, "train") / 1024
