@@ -176,7 +176,14 @@ def test_residual_wraps_every_same_shape_block(
     assert model(x).shape == (7, 10)
     block = blocks[-1]
     h = torch.randn(3, width)
-    assert torch.equal(block(h), h + block.body(h))
+    # gated skips: the identity at first, x + (g / sqrt(n)) * block(x) once the gate moves
+    assert block.gate is not None and block.gate.item() == 0.0
+    assert block.gate_scale == pytest.approx(wrapped**-0.5)
+    assert torch.equal(block(h), h)
+    with torch.no_grad():
+        block.gate.fill_(2.0)
+    expected = h + (2.0 * wrapped**-0.5) * block.body(h)
+    assert torch.allclose(block(h), expected, atol=1e-6)
 
 
 def test_residual_counts_conv_blocks_by_shape() -> None:

@@ -225,7 +225,7 @@ def test_snippet_holds_the_code_of_the_applied_remedies(
     diverging: Treatment, sigmoid50: Treatment, overfit: Treatment
 ) -> None:
     assert diverging.snippet() == "# deepdoctor treat: lower_lr\n# lower_lr\nlr = 0.03  # was 0.3\n"
-    assert "x = x + block(x)" in sigmoid50.snippet()
+    assert "x = x + (g / n ** 0.5) * block(x)" in sigmoid50.snippet()
     assert "# stop after 3 evaluations without a better val loss" in overfit.snippet()
     for tr in (diverging, sigmoid50, overfit):
         compile(tr.snippet(), "changes.py", "exec")
@@ -237,16 +237,16 @@ def test_cli_treat_writes_model_snippet_and_report(
     out = tmp_path / "treat"
     code = main(["treat", "preset:sigmoid-mlp50-digits", "--steps", "50", "--out", str(out)])
     printed = capsys.readouterr().out
-    assert code == 1  # repaired, but sigmoid units still saturate: findings remain
+    assert code == 0  # repaired: the gated skips leave no warning behind
     assert "applied residual" in printed and "before / after" in printed
     report = json.loads((out / "treatment.json").read_text())
     assert report["applied"] == ["residual"] and report["experiment"]["steps"] == 50
-    assert not report["healthy"] and "saturated_units" in {f["kind"] for f in report["findings"]}
+    assert report["healthy"] and any(f["severity"] != "info" for f in report["findings_before"])
     assert report["after"]["val_accuracy"] > 0.6 > 0.2 > report["before"]["val_accuracy"]
     assert (out / "report.html").stat().st_size > 10_000
     snippet = (out / "changes.py").read_text()
     compile(snippet, "changes.py", "exec")
-    assert "x = x + block(x)" in snippet
+    assert "x = x + (g / n ** 0.5) * block(x)" in snippet
     # the saved weights fit the treated architecture, rebuilt from the applied remedies
     exp = get_preset("sigmoid-mlp50-digits")
     ctx = Context(example=exp.train[0][:8])

@@ -129,14 +129,24 @@ def _init_tensor(w: torch.Tensor, init: str, activation: str) -> None:
 
 
 class Residual(nn.Module):
-    """x + f(x): the identity path lets gradients skip the block."""
+    """x + f(x): the identity path lets gradients skip the block.
 
-    def __init__(self, body: nn.Module) -> None:
+    gated=True makes it x + g * f(x) with a learned scalar g that starts at 0 (SkipInit, De &
+    Smith 2020; ReZero, Bachlechner et al. 2020): the stack starts as the identity, so a
+    thousand blocks neither add up their outputs' drift (a sigmoid's output has mean 1/2)
+    nor need normalisation, and each block joins in as its gate grows.
+    """
+
+    def __init__(self, body: nn.Module, gated: bool = False, gate_scale: float = 1.0) -> None:
         super().__init__()
         self.body = body
+        self.gate = nn.Parameter(torch.zeros(())) if gated else None
+        self.gate_scale = gate_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x)
+        if self.gate is None:
+            return x + self.body(x)
+        return x + (self.gate_scale * self.gate) * self.body(x)
 
 
 def _check_common(activation: str, init: str, norm: str, dropout: float) -> str:
