@@ -243,6 +243,17 @@ def diverging_lr10_digits() -> Experiment:
 
 
 @preset(
+    "diverging-relu-mlp20-digits",
+    "20-layer ReLU MLP, He init, SGD lr 0.3 with momentum 0.9: blows up within 15 steps",
+    expected=("diverging_loss", "exploding_gradients"),
+)
+def diverging_relu_mlp20_digits() -> Experiment:
+    return _digits_exp(
+        lambda: models.mlp(64, 10, depth=20, width=64, init="he"), sgd(0.3, momentum=0.9), steps=200
+    )
+
+
+@preset(
     "nonfinite-adam-eps0-digits",
     "Adam with eps=0: blank border pixels give zero gradients, and 0/0 is NaN",
     expected=("nonfinite",),
