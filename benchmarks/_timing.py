@@ -1,0 +1,228 @@
+"""Shared pieces of the overhead benchmarks: the three models, a training step, and paired
+interleaved timing.
+
+Threads: torch runs with one thread. On a shared 2-core machine the default pool of two
+threads spins against other processes and makes the timings wildly noisy; one thread gives
+stable timings for both sides of every ratio.
+
+Timing: each configuration trains its own copy of the model (same weights, same batch).
+One round runs a block of steps of every configuration in turn (plain first, then each
+watched one), in a rotated order so no configuration always follows the same one; a
+configuration's overhead in a round is its block time over the plain block's time of that
+round, and the table reports the median over rounds. A block is a whole number of sampling
+periods, so every block does the same share of sampled steps.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import deepdoctor as dd
+
+CLASSES = 10
+LR = 1e-3  # small enough that no model drifts far from where it started
+
+
+@dataclass
+class Bench:
+    """One model to time: how to build it, a batch, and its description for the table."""
+
+    name: str
+    describe: str
+    build: Callable[[], nn.Module]
+    X: torch.Tensor
+    y: torch.Tensor
+
+
+def pin_threads() -> None:
+    torch.set_num_threads(1)
+    torch.set_num_interop_threads(1)
+
+
+def benches() -> list[Bench]:
+    """MLP 50 x 512, ResNet-style CNN of 20 conv layers on 32x32, transformer 6 x 256."""
+    g = torch.Generator().manual_seed(0)
+
+    def labels(n: int) -> torch.Tensor:
+        return torch.randint(0, CLASSES, (n,), generator=g)
+
+    def mlp() -> nn.Module:
+        torch.manual_seed(0)
+        return dd.models.mlp(512, CLASSES, depth=50, width=512, init="he")
+
+    def cnn() -> nn.Module:
+        # ResNet-20's shape: three stages (stride 2 at layers 7 and 14), batch norm,
+        # identity shortcuts around every conv that keeps the shape.
+        torch.manual_seed(0)
+        return dd.models.cnn(
+            (3, 32, 32),
+            CLASSES,
+            depth=20,
+            width=32,
+            norm="batch",
+            residual=True,
+            downsample_every=7,
+            init="he",
+        )
+
+    def transformer() -> nn.Module:
+        torch.manual_seed(0)
+        return dd.models.transformer(128, CLASSES, depth=6, width=256, heads=4, in_features=16)
+
+    return [
+        Bench(
+            "mlp",
+            "MLP 50 x 512, ReLU, batch 128",
+            mlp,
+            torch.randn(128, 512, generator=g),
+            labels(128),
+        ),
+        Bench(
+            "cnn",
+            "ResNet-style CNN, 20 conv x 32 ch, BN, 32x32x3, batch 32",
+            cnn,
+            torch.randn(32, 3, 32, 32, generator=g),
+            labels(32),
+        ),
+        Bench(
+            "transformer",
+            "transformer encoder 6 x 256, 4 heads, seq 128, batch 8",
+            transformer,
+            torch.randn(8, 128, 16, generator=g),
+            labels(8),
+        ),
+    ]
+
+
+# A runner trains `n` steps of its own model and returns nothing; it is built once per
+# configuration and model, so everything it sets up stays out of the timed blocks.
+Runner = Callable[[int], None]
+
+
+def sgd_loop(
+    model: nn.Module,
+    bench: Bench,
+    after_step: Callable[[float], None] | None = None,
+    lr: float = LR,
+) -> Runner:
+    """A user's own loop: forward, backward, SGD step, read the loss; then ``after_step``."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    X, y = bench.X, bench.y
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            loss = nn.functional.cross_entropy(model(X), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            value = float(loss.detach())  # every loop reads its loss (to print or log it)
+            if after_step is not None:
+                after_step(value)
+
+    return run
+
+
+def plain_runner(bench: Bench) -> Runner:
+    return sgd_loop(bench.build(), bench)
+
+
+def probe_runner(bench: Bench, every: int | None = None) -> Runner:
+    """The plain loop inside one long-lived ``dd.Probe`` (default settings unless ``every``)."""
+    model = bench.build()
+    probe = dd.Probe(model) if every is None else dd.Probe(model, every=every)
+    probe.attach()
+    return sgd_loop(model, bench, probe.record_loss)
+
+
+@dataclass
+class Timing:
+    """Per-step seconds (CPU and wall) of every configuration in every round, paired by round."""
+
+    cpu: dict[str, list[float]] = field(default_factory=dict)
+    wall: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def rounds(self) -> int:
+        return min(len(v) for v in self.cpu.values())
+
+    def median_step(self, name: str, clock: str = "cpu") -> float:
+        return statistics.median(getattr(self, clock)[name])
+
+    def ratio(self, name: str, base: str = "plain", clock: str = "cpu") -> float:
+        """Median over rounds of this round's step time over the base's step time."""
+        times = getattr(self, clock)
+        pairs = zip(times[name], times[base], strict=True)
+        return statistics.median(a / b for a, b in pairs)
+
+
+def _descendants(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            kids = [int(k) for k in (task / "children").read_text().split()]
+        except OSError:
+            continue
+        for kid in kids:
+            out += [kid, *_descendants(kid)]
+    return out
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and of its live child processes (a peer may log from one).
+
+    CPU time rather than wall time: on a shared machine another job's burst stretches a
+    wall-clock block but leaves its CPU time nearly alone.
+    """
+    own = os.times()
+    total = own.user + own.system
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in _descendants(os.getpid()):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
+def interleaved(
+    runners: dict[str, Runner],
+    block: int | dict[str, int],
+    rounds: int,
+    warmup: int = 1,
+) -> Timing:
+    """Time ``rounds`` rounds; a round runs a block of steps of every runner in turn.
+
+    ``block`` is the steps per block, for all runners or per runner (a costly one can run
+    fewer steps; times are per step). The order rotates from round to round. ``warmup``
+    untimed rounds come first (first calls allocate memory and pick kernels).
+    """
+    names = list(runners)
+    steps = block if isinstance(block, dict) else dict.fromkeys(names, block)
+    for _ in range(warmup):
+        for name in names:
+            runners[name](steps[name])
+    timing = Timing({n: [] for n in names}, {n: [] for n in names})
+    for r in range(rounds):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            c0, t0 = cpu_seconds(), time.perf_counter()
+            runners[name](steps[name])
+            timing.wall[name].append((time.perf_counter() - t0) / steps[name])
+            timing.cpu[name].append((cpu_seconds() - c0) / steps[name])
+    return timing
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table (it reads as well in a terminal as in docs/benchmarks.md)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)

@@ -1,0 +1,72 @@
+"""Probe overhead: step time with ``dd.Probe`` over step time without it, side by side.
+
+Three models (see ``_timing.benches``): an MLP of 50 layers of width 512, a ResNet-style CNN
+of 20 conv layers on 32x32 inputs, and a transformer encoder of 6 layers of width 256 on
+sequences of 128. Each trains with plain SGD in a user's own loop: without the Probe, with
+``dd.Probe(model)`` at its default settings (norms every step, activation statistics every
+16th step), and with ``dd.Probe(model, every=1)`` (full statistics every step). Runs are
+interleaved in rounds of 16 steps each (one sampling period); the ratio is the median over
+rounds of (watched block time / plain block time of the same round), in CPU time (this
+process and its children), with the wall-clock ratio in brackets. Torch runs with one
+thread (see ``_timing``). Target: at most 1.05 at default settings.
+
+    .venv/bin/python benchmarks/probe_overhead.py [--rounds 7] [--models mlp cnn transformer]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from _timing import benches, interleaved, pin_threads, plain_runner, probe_runner, table
+
+BLOCK = 16  # steps per timed block: one sampling period of the default Probe
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7, help="timed rounds per model")
+    parser.add_argument("--quick", action="store_true", help="3 rounds")
+    parser.add_argument("--models", nargs="+", default=["mlp", "cnn", "transformer"])
+    args = parser.parse_args()
+    rounds = 3 if args.quick else args.rounds
+    pin_threads()
+    rows = []
+    for bench in benches():
+        if bench.name not in args.models:
+            continue
+        runners = {
+            "plain": plain_runner(bench),
+            "default": probe_runner(bench),
+            "every=1": probe_runner(bench, every=1),
+        }
+        t = interleaved(runners, BLOCK, rounds)
+        rows.append(
+            [
+                bench.describe,
+                f"{1000 * t.median_step('plain'):.0f}",
+                *(
+                    f"{t.ratio(n):.3f} ({t.ratio(n, clock='wall'):.3f})"
+                    for n in runners
+                    if n != "plain"
+                ),
+                str(t.rounds),
+            ]
+        )
+        print(f"{bench.name}: done", flush=True)
+    print()
+    print(
+        table(
+            [
+                "model",
+                "plain step, CPU ms",
+                "Probe default (every=16): CPU (wall)",
+                "Probe every=1: CPU (wall)",
+                "rounds",
+            ],
+            rows,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
