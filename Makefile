@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # multi-gigabyte CUDA build, so it is pinned here and installed first.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: install chromium demo test lint bench clean
+.PHONY: install chromium demo test lint bench bench-peers clean
 
 install: $(STAMP)
 
@@ -51,5 +51,24 @@ lint: install
 bench: install
 	$(BIN)/python benchmarks/run_all.py
 
+# The peers of benchmarks/peers.py (Cockpit, which needs BackPACK, and wandb) live in their
+# own environment, so the main one never carries them. BackPACK requires torchvision: 0.28.0
+# is the release built for torch 2.13.0, and pinning both keeps pip from swapping in a CUDA
+# torch. Cockpit 1.0.2 imports pkg_resources, which setuptools 81 removed.
+BENCH_VENV := .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.installed
+BENCH_PEERS := cockpit-for-pytorch==1.0.2 backpack-for-pytorch==1.7.1 torchvision==0.28.0 \
+	wandb==0.31.0 "setuptools<81"
+
+$(BENCH_STAMP): pyproject.toml Makefile
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet --disable-pip-version-check $(TORCH_PIN)
+	$(BENCH_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e . \
+	  $(TORCH_PIN) $(BENCH_PEERS)
+	touch $(BENCH_STAMP)
+
+bench-peers: $(BENCH_STAMP)
+	$(BENCH_VENV)/bin/python benchmarks/peers.py
+
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(BENCH_VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
