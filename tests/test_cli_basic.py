@@ -102,3 +102,23 @@ def test_usage_errors_exit_2_with_a_message(
 def test_no_command_prints_help_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 2
     assert "usage: deepdoctor" in capsys.readouterr().out
+
+
+def test_threads_option_sets_torch_threads(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    try:
+        assert main(["--threads", "2", "data", "list"]) == 0
+        assert torch.get_num_threads() == 2
+        monkeypatch.delenv("DEEPDOCTOR_THREADS", raising=False)
+        assert main(["data", "list"]) == 0
+        assert torch.get_num_threads() == 1  # the default: one thread
+        assert main(["--threads", "0", "data", "list"]) == 2
+        assert "--threads must be a whole number >= 1, got 0" in capsys.readouterr().err
+        monkeypatch.setenv("DEEPDOCTOR_THREADS", "many")
+        assert main(["data", "list"]) == 2
+        assert "DEEPDOCTOR_THREADS must be a whole number" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(1)
