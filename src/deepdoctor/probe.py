@@ -31,12 +31,14 @@ inputs, and the update-to-weight ratio. These need a pass over every activation 
 copy of the weights, so sampling keeps the overhead small; ``every=1`` records them all.
 The per-module hooks are attached only for the sampled forward pass.
 
-Overhead, measured on 2 shared CPU cores (CPU time per step, SGD, mini-batches of digits):
-with the default ``every=16`` about +7% for a 4 x 512 MLP on batches of 256, +16% for a
-3 x 256 MLP on batches of 64, and +45% for a 50 x 64 sigmoid MLP on batches of 64, where a
-step is only ~5 ms of arithmetic and reading 150 gradient norms every step is most of the
-cost; with ``every=1`` +28%, +80% and +280%. The larger the model's arithmetic per layer,
-the smaller the share.
+Overhead, measured on 2 shared CPU cores (CPU time per step against the same loop without
+the Probe, plain SGD; ``benchmarks/probe_overhead.py``, latest in docs/benchmarks.md): with
+the default ``every=16``, +4% for a 50 x 512 MLP on batches of 128, +1% for a ResNet-style
+CNN of 20 conv layers on 32x32 images, +3% for a 6 x 256 transformer on sequences of 128;
+with ``every=1`` +25%, +8%, +7%. Most of the default's cost is the per-step norms, one read
+of every weight and every gradient. Small models pay more, because part of the cost is per
+tensor and per module rather than per number: a 50 x 64 sigmoid MLP on batches of 64, whose
+step is 4 ms, +40% (``every=1`` +250%); a 4 x 512 ReLU MLP on batches of 256, +2% (+16%).
 
 Activation statistics come from activation *modules* (``nn.ReLU``, ``nn.Sigmoid`` ...);
 activations applied functionally (``F.relu``) are not seen, though the output scale of every
@@ -709,7 +711,8 @@ def _mean_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     Two passes: the mean, then the sum of squared deviations from it (cascade-summed, as
     accurate as ``Tensor.std``). ``Tensor.std`` runs Welford's update element by element,
     3-4x slower on a CPU; a one-pass sum of squares would be faster still but loses every
-    digit when the mean is large against the spread.
+    digit when the mean is large against the spread. One difference: deviations past ~1e19
+    square beyond float32's range and read inf, where ``Tensor.std`` stays finite.
     """
     mean = x.mean()
     if x.numel() < 2:
