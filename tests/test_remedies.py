@@ -368,6 +368,17 @@ def test_gradient_clipping_at_the_90th_percentile_of_the_norms(digits: dd.data.S
         apply_remedies(exp, ["gradient_clipping"], context(digits, grad_norms=np.array([np.nan])))
 
 
+def test_gradient_clipping_leaves_a_blow_up_out_of_the_percentile(digits: dd.data.Split) -> None:
+    # the diverging preset's norms: ordinary steps, then the blow-up (measured)
+    norms = np.array([22.7, 6.5, 1.65, 4.4, 3.21, 3.68, 0.35, 0.42, 0.72, 0.6, 2.37, 470.7])
+    exp = experiment(digits, lambda: dd.models.mlp(64, 10, depth=2))
+    treated = apply_remedies(exp, ["gradient_clipping"], context(digits, grad_norms=norms))
+    typical = norms[norms <= 10 * np.median(norms)]  # only 470.7 exceeds 10 x 2.79
+    assert len(typical) == 11
+    assert treated.clip_grad == pytest.approx(6.5)  # the 90th percentile of the other 11
+    assert np.percentile(norms, 90) > 20  # with the blow-up in, clipping would barely act
+
+
 @pytest.mark.parametrize(
     "kinds,lr",
     [

@@ -264,3 +264,19 @@ def test_cli_treat_refuses_a_small_budget(capsys: pytest.CaptureFixture[str]) ->
     assert main(["treat", "preset:healthy-mlp-digits", "--budget", "0.5"]) == 2
     err = " ".join(capsys.readouterr().err.split())  # the console wraps long lines
     assert "budget 0.5 is too small to run even the untreated baseline: the minimum is 1.0" in err
+
+
+def test_clipping_on_most_steps_makes_treat_screen_lower_lr(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The Tuning Playbook: clipping on more than half the steps means the learning rate is
+    # too high. Clip at the 1st percentile of the norms so that almost every step clips.
+    import deepdoctor.remedies.optimization as optimization
+
+    monkeypatch.setattr(optimization, "CLIP_PERCENTILE", 1)
+    exp = get_preset("healthy-mlp-digits").replace(steps=50)
+    tr = treat(exp, remedies=["gradient_clipping", "adam"])
+    screens = [t for t in tr.trials if t.stage == "screen"]
+    assert [t.remedies for t in screens] == [["gradient_clipping"], ["lower_lr"], ["adam"]]
+    assert screens[0].note is not None and "learning rate is too high" in screens[0].note
+    assert tr.to_dict()["trials"][0]["note"] == screens[0].note

@@ -66,6 +66,10 @@ SCREEN_FRACTION = 0.2  # of the steps: enough for trainability fixes to separate
 MIN_GAIN_ACCURACY = 0.01  # a kept remedy gains at least one point of validation accuracy ...
 MIN_GAIN_LOSS = 0.02  # ... or, without accuracy, 2% of the validation loss
 MAX_CANDIDATES = 6  # remedies screened at most; the rest are listed as not tried
+# The Deep Learning Tuning Playbook: clipping on more than half the steps is a sign that the
+# learning rate is too high, and lowering it is the better fix; treat then screens lower_lr.
+CLIP_MOST_STEPS = 0.5
+CLIPPING_SAYS_LOWER_LR = "the learning rate is too high"
 # Remedies whose benefit only shows late in a run, so a short screen cannot judge them.
 LATE_EFFECT = {
     "dropout",
@@ -93,6 +97,7 @@ class Trial:
     kept: bool = False
     error: str | None = None
     prescription: str | None = None
+    note: str | None = None  # what the trial taught the search (e.g. the playbook's rule)
     # A full-length screen (treated experiment, its probed run): already a verification.
     full_run: tuple[Experiment, Any] | None = field(default=None, repr=False, compare=False)
 
@@ -111,6 +116,7 @@ class Trial:
             "kept": self.kept,
             "error": self.error,
             "prescription": self.prescription,
+            "note": self.note,
         }
 
 
@@ -392,15 +398,22 @@ def treat(
         margin = max(min_gain, noise if math.isfinite(noise) else 0.0)
 
         passed: list[Trial] = []
-        with progress_bar(len(candidates), "screening", enabled=progress) as bar:
-            for group in candidates[:MAX_CANDIDATES]:
+        queue = list(candidates)
+        with progress_bar(min(len(queue), MAX_CANDIDATES), "screening", enabled=progress) as bar:
+            screened = 0
+            while queue and screened < MAX_CANDIDATES:
+                group = queue.pop(0)
                 trial = _screen(exp, group, ctx, screen_steps, base.history, margin, budget - spent)
+                screened += 1
                 spent += trial.steps / exp.steps
                 trials.append(trial)
                 if trial.passed:
                     passed.append(trial)
+                if trial.note and CLIPPING_SAYS_LOWER_LR in trial.note:
+                    # The playbook's rule: clipping most steps means the rate is too high.
+                    queue = [["lower_lr"]] + [g for g in queue if g != ["lower_lr"]]
                 bar.advance()
-        for group in candidates[MAX_CANDIDATES:]:
+        for group in queue:
             trials.append(Trial(group, "screen", error="not tried: MAX_CANDIDATES reached"))
 
         best_pair = [t for t in sorted(passed, key=lambda t: -t.score)][:2]
@@ -538,6 +551,13 @@ def _screen(
         trial.error = f"{type(exc).__name__}: {exc}"
         return trial
     stop_if_interrupted(history)
+    if "gradient_clipping" in group and history.clipped:
+        fraction = float(np.mean(history.clipped))
+        if fraction > CLIP_MOST_STEPS:
+            trial.note = (
+                f"clipping fired on {fraction:.0%} of the steps: by the Tuning Playbook's rule "
+                f"{CLIPPING_SAYS_LOWER_LR}, so lower_lr is screened next"
+            )
     trial.steps = history.steps
     trial.metrics = metrics_of(history)
     trial.score = score_of(trial.metrics)

@@ -49,6 +49,8 @@ def trials_table(tr: Treatment) -> Table:
             outcome = f"error: {t.error}"
         else:
             outcome = "kept" if t.kept else ("passed" if t.passed else "no gain")
+            if t.note:
+                outcome += f"; {t.note}"
         table.add_row(
             "+".join(t.remedies),
             t.stage,

@@ -23,6 +23,7 @@ from ..training import DEFAULT_LR
 from .base import Context, Prescription, Remedy, record_change
 
 CLIP_PERCENTILE = 90  # the Tuning Playbook's choice: clip only the rare outsized steps
+CLIP_OUTLIER = 10.0  # norms beyond 10x the median are a blow-up, not the run's ordinary steps
 LOWER_LR_DIVERGED = 10.0  # a diverging run needs an order of magnitude
 LOWER_LR_OSCILLATING = 3.0  # an oscillating one, a nudge
 TARGET_UPDATE_RATIO = 1e-3  # healthy per-step relative weight change
@@ -59,7 +60,11 @@ def _gradient_clipping(exp: Experiment, ctx: Context) -> Experiment:
             "no finite gradient norm was recorded to choose "
             "a threshold from; clip with torch.nn.utils.clip_grad_norm_ at 1.0",
         )
-    threshold = float(np.percentile(norms, CLIP_PERCENTILE))
+    # The playbook's percentile is of a run's ordinary steps. A run that blew up ends with
+    # norms millions of times the rest, and its 90th percentile would clip nothing: those
+    # outliers (beyond CLIP_OUTLIER x the median) are left out of the percentile.
+    typical = norms[norms <= CLIP_OUTLIER * np.median(norms)]
+    threshold = float(np.percentile(typical, CLIP_PERCENTILE))
     return record_change(
         exp,
         "gradient_clipping",

@@ -172,4 +172,5 @@ def trial_outcome(trial: dict[str, Any]) -> tuple[str, str]:
         return "prescription", f"prescription: {trial['prescription']}"
     status = "passed" if trial.get("passed") else "no gain"
     words = "passed screening, not kept" if status == "passed" else "tried, not kept"
-    return status, f"{words}: {gain}" if gain else words
+    words = f"{words}: {gain}" if gain else words
+    return status, f"{words}; {trial['note']}" if trial.get("note") else words
