@@ -195,6 +195,51 @@ def test_residual_counts_conv_blocks_by_shape() -> None:
     assert model(split.X_train[:3]).shape == (3, 10)
 
 
+class LoopNet(nn.Module):
+    """A deep sigmoid MLP written as a loop over a ModuleList, with functional activations:
+    no nn.Sequential, so the residual remedy has to go through torch.fx."""
+
+    def __init__(self, depth: int = 8) -> None:
+        super().__init__()
+        self.inp = nn.Linear(64, 64)
+        self.hidden = nn.ModuleList([nn.Linear(64, 64) for _ in range(depth)])
+        self.out = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.sigmoid(self.inp(x))
+        for fc in self.hidden:
+            x = torch.sigmoid(fc(x))
+        return self.out(x)
+
+
+def test_residual_goes_through_fx_for_a_model_without_sequential(digits: dd.data.Split) -> None:
+    exp = experiment(digits, lambda: LoopNet(depth=8))
+    model = apply_remedies(exp, ["residual"], context(digits)).build()
+    gates = [m for n, m in model.named_modules() if n.startswith("res_gate")]
+    assert len(gates) == 9  # the input layer (64 -> 64) and the 8 hidden ones
+    assert all(g.scale == pytest.approx(9**-0.5) for g in gates)  # type: ignore[union-attr]
+    # every gate starts at 0, so the whole stack starts as the identity: out(x)
+    x = digits.X_train[:5]
+    with torch.no_grad():
+        assert torch.allclose(model(x), model.out(x), atol=1e-6)  # type: ignore[operator]
+        for g in gates:
+            g.gate.fill_(1.0)  # type: ignore[union-attr,operator]
+        # gates open: block i adds to the sum that block i-1 produced (a chain, not a fan)
+        h = x
+        layers = ["inp"] + [f"hidden.{i}" for i in range(8)]
+        for fc in map(model.get_submodule, layers):
+            h = h + 9**-0.5 * torch.sigmoid(fc(h))
+        assert torch.allclose(model(x), model.out(h), atol=1e-5)  # type: ignore[operator]
+
+
+def test_residual_on_an_untraceable_model_without_sequential_is_a_prescription(
+    digits: dd.data.Split,
+) -> None:
+    exp = experiment(digits, Untraceable)
+    with pytest.raises(Prescription, match="torch.fx cannot trace it"):
+        apply_remedies(exp, ["residual"], context(digits))
+
+
 def test_residual_makes_a_deep_sigmoid_mlp_train(digits: dd.data.Split) -> None:
     exp = experiment(
         digits, lambda: dd.models.mlp(64, 10, depth=20, width=64, activation="sigmoid"), steps=60

@@ -21,14 +21,18 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
 
 from ..experiment import Experiment
 from ..models import Residual
-from .base import WEIGHT_LAYERS, Context, Prescription, Remedy, transform_model
+from ..probe import activation_kind
+from .base import NORM_LAYERS, WEIGHT_LAYERS, Context, Prescription, Remedy, transform_model
 
 
 def _child_shapes(
@@ -108,6 +112,120 @@ def add_residuals(
     return model
 
 
+class SkipGate(nn.Module):
+    """x + (scale * gate) * y: the gated skip of ``Residual``, as a node in an fx graph."""
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.gate = nn.Parameter(torch.zeros(()))
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return x + (self.scale * self.gate) * y
+
+
+# What may follow a weight layer inside a block: called as modules or as functions.
+BLOCK_MODULES = (nn.Dropout, nn.Identity, *NORM_LAYERS)
+BLOCK_FUNCTIONS = {
+    torch.sigmoid,
+    torch.tanh,
+    torch.relu,
+    F.sigmoid,
+    F.tanh,
+    F.relu,
+    F.gelu,
+    F.silu,
+    F.elu,
+    F.selu,
+    F.leaky_relu,
+    F.dropout,
+}
+
+
+def _tensor_shape(node: fx.Node) -> tuple[int, ...] | None:
+    meta = node.meta.get("tensor_meta")
+    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+
+
+def add_residuals_fx(
+    model: nn.Module, example: torch.Tensor, remedy: str = "residual"
+) -> nn.Module:
+    """The same gated skips for a model that is not a stack of nn.Sequential, via torch.fx.
+
+    A block is a Linear / Conv call and the activation, norm and dropout calls that follow it
+    while each feeds only the next; it gets a skip when its output has its input's shape.
+    """
+    try:
+        gm = fx.symbolic_trace(model)
+        was_training = gm.training
+        gm.eval()
+        with torch.no_grad():
+            ShapeProp(gm).propagate(example)
+        gm.train(was_training)
+    except Exception as exc:  # data-dependent control flow, or shapes fx cannot follow
+        raise Prescription(
+            remedy,
+            f"the model has no nn.Sequential stack and torch.fx cannot trace it "
+            f"({type(exc).__name__}); add x = x + block(x) around same-width blocks by hand",
+        ) from exc
+    modules = dict(gm.named_modules())
+
+    def continues_block(node: fx.Node) -> bool:
+        if node.op == "call_module":
+            m = modules[str(node.target)]
+            return isinstance(m, BLOCK_MODULES) or activation_kind(m) is not None
+        return node.op == "call_function" and node.target in BLOCK_FUNCTIONS
+
+    blocks: list[tuple[fx.Node, fx.Node]] = []  # (block input, block output)
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or not isinstance(modules[str(node.target)], WEIGHT_LAYERS):
+            continue
+        end = node
+        while len(end.users) == 1 and continues_block(next(iter(end.users))):
+            end = next(iter(end.users))
+        start = node.args[0]
+        if (
+            isinstance(start, fx.Node)
+            and _tensor_shape(start) is not None
+            and _tensor_shape(start) == _tensor_shape(end)
+        ):
+            blocks.append((start, end))
+    if not blocks:
+        raise Prescription(
+            remedy,
+            "found no block whose output has its input's shape; add x = x + block(x) skips "
+            "around your same-width blocks by hand",
+        )
+    skips: dict[fx.Node, fx.Node] = {}  # a block's output -> its skip's output
+    for i, (start, end) in enumerate(blocks):
+        name = f"res_gate{i}"
+        gm.add_submodule(name, SkipGate(1.0 / math.sqrt(len(blocks))))
+        with gm.graph.inserting_after(end):
+            # a block whose input is the previous block's output skips from that block's sum
+            skip = gm.graph.call_module(name, (skips.get(start, start), end))
+        skips[end] = skip
+        end.replace_all_uses_with(skip, delete_user_cb=_not(skip))
+    gm.graph.lint()
+    gm.recompile()
+    return gm
+
+
+def _not(node: fx.Node) -> Callable[[fx.Node], bool]:
+    return lambda user: user is not node
+
+
+def residuals_anywhere(model: nn.Module, example: torch.Tensor) -> nn.Module:
+    """nn.Sequential stacks get Residual wrappers; any other model goes through torch.fx."""
+    has_stack = any(isinstance(m, nn.Sequential) for m in model.modules())
+    if has_stack:
+        try:
+            return add_residuals(model, example)
+        except Prescription as p:
+            if "already has residual" in p.instructions:
+                raise
+    return add_residuals_fx(model, example)
+
+
 def _apply(exp: Experiment, ctx: Context) -> Experiment:
     return transform_model(
         exp,
@@ -115,7 +233,7 @@ def _apply(exp: Experiment, ctx: Context) -> Experiment:
         "# wrap each of the n same-width blocks: x = x + (g / n ** 0.5) * block(x),\n"
         "# g = nn.Parameter(torch.zeros(())) per block (deepdoctor.models.Residual(block, "
         "gated=True, gate_scale=n ** -0.5))",
-        lambda m: add_residuals(m, ctx.example),
+        lambda m: residuals_anywhere(m, ctx.example),
     )
 
 
