@@ -81,6 +81,17 @@ def test_vanishing_gradients_are_named_with_the_ratio_and_slow_layers() -> None:
     assert f.remedies[0] in REMEDIES
 
 
+def test_gradients_that_underflow_to_zero_in_all_but_the_last_layers_vanish() -> None:
+    # A 1,000-layer sigmoid MLP: only the last few layers get a gradient that is not exactly
+    # 0, so both the first and the last quarter's medians are 0; the output layer decides.
+    rel = [0.0] * 36 + [1e-6, 1e-4, 1e-2, 0.3]
+    (f,) = gradients.detect(make_trace(rel))
+    assert f.kind == "vanishing_gradients" and f.evidence["last_over_first"] == math.inf
+    assert len(f.layers) == 38 and f.layers[-1] == "l37"  # 100x or more below the top
+    # ... while a net whose layers all get exactly 0 says nothing about depth
+    assert gradients.detect(make_trace([0.0] * 8)) == []
+
+
 def test_norm_layers_and_embeddings_do_not_count_as_depth() -> None:
     # Huge relative gradients in LayerNorm / Embedding must not make a flat profile vanish.
     rel = [0.1, 1e-6, 0.1, 1e-6, 0.1, 0.1]

@@ -58,8 +58,14 @@ def depth_ratio(rel: np.ndarray) -> np.ndarray:
     q = max(1, rel.shape[1] // 4)
     first = nanmedian(rel[:, :q], axis=1)
     last = nanmedian(rel[:, -q:], axis=1)
+    # A very deep net can vanish so fast that the last quarter's median is 0 too (at 1,000
+    # sigmoid layers only the last ~50 get a gradient that is not exactly 0): then the
+    # output layer, still learning, is the reference.
+    output = rel[:, -1]
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(first > 0, last / first, np.where(last > 0, np.inf, np.nan))
+        return np.where(
+            first > 0, last / first, np.where((last > 0) | (output > 0), np.inf, np.nan)
+        )
 
 
 def _phases(ratio: np.ndarray) -> dict[str, float]:
@@ -109,15 +115,22 @@ def _vanishing(names: list[str], rel: np.ndarray) -> list[Finding]:
     profile = nanmedian(rel, axis=0)
     q = max(1, len(names) // 4)
     top = float(nanmedian(profile[-q:]))
+    if not top > 0:  # the last quarter underflowed too: the output layer is the reference
+        top = float(profile[-1])
     slow = [n for n, r in zip(names, profile, strict=True) if not r * VANISH_RATIO > top]
+    how = (
+        "underflowed to exactly 0 while the last layers' did not"
+        if np.isinf(ratio)
+        else f"are {ratio:.2g}x smaller (relative to their weights) than the last layers'"
+    )
     return [
         Finding(
             kind="vanishing_gradients",
             severity="warning",
             summary=(
-                f"The first layers' gradients are {ratio:.2g}x smaller (relative to their "
-                f"weights) than the last layers', so {len(slow)} of {len(names)} weight "
-                "layers barely learn: use He/Xavier init, ReLU, normalisation or residuals."
+                f"The first layers' gradients {how}, so {len(slow)} "
+                f"of {len(names)} weight layers barely learn: use He/Xavier init, ReLU, "
+                "normalisation or residuals."
             ),
             layers=slow or names[:q],
             evidence={
