@@ -4,7 +4,7 @@ Every script prints ratios measured side by side within its own run; this one on
 them in order and prints their output as it comes. A script that is not there yet is
 reported as missing; one that fails is reported with its exit code, and the rest still run.
 The long ones run only when asked: ``--largest`` (the largest transformer diagnose handles
-in 10 minutes, about 20 minutes) and ``--moonshot`` (up to 30 minutes).
+in 10 minutes: 20 to 40 minutes) and ``--moonshot`` (up to 30 minutes).
 
     .venv/bin/python benchmarks/run_all.py [--quick] [--largest] [--moonshot] [NAME ...]
 """
