@@ -387,12 +387,23 @@ def treat(
     if base.history.stopped == "interrupted":
         return result([], exp, base, "interrupted during the untreated run", interrupted=True)
 
+    blew_up = [
+        int(f.evidence["step"])
+        for f in base.findings
+        if f.kind == "diverging_loss" and isinstance(f.evidence.get("step"), int)
+    ]
+    if base.stopped_at is not None:
+        blew_up.append(base.stopped_at)
+    if blew_up and min(blew_up) >= screen_steps:
+        # The untreated run blew up after the screening point: a screen that ends before
+        # the blow-up compares candidates with a run that still looked fine. Screen past it.
+        screen_steps = min(exp.steps, min(blew_up) + max(1, round(exp.steps * 0.05)))
     ctx = _context(exp, base.trace, base.findings)
     try:
         # Seed-to-seed noise at the screening point.
-        if spent + SCREEN_FRACTION <= budget:
+        if spent + screen_steps / exp.steps <= budget:
             other = stop_if_interrupted(exp.run(steps=screen_steps, seed=exp.seed + 1))
-            spent += SCREEN_FRACTION
+            spent += other.steps / exp.steps
             noise = abs(score_at(base.history, screen_steps) - score_of(metrics_of(other)))
         min_gain = MIN_GAIN_ACCURACY if uses_accuracy(before) else MIN_GAIN_LOSS * abs(base_score)
         margin = max(min_gain, noise if math.isfinite(noise) else 0.0)

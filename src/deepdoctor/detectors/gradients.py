@@ -70,7 +70,12 @@ def depth_ratio(rel: np.ndarray) -> np.ndarray:
 
 def _phases(ratio: np.ndarray) -> dict[str, float]:
     """The depth ratio at initialisation (early steps) and over the whole run."""
-    return {"early": float(nanmedian(ratio[:EARLY_STEPS])), "run": float(nanmedian(ratio))}
+    early = ratio[:EARLY_STEPS]
+    # Exactly-zero gradients at the first step are a design, not a symptom, when the blocks
+    # start gated shut (SkipInit / ReZero, Fixup's zero-initialised branches): the gates
+    # open within a step. Zeros that last (an underflow) still count, through the run phase.
+    early = np.where(np.isinf(early), np.nan, early)
+    return {"early": float(nanmedian(early)), "run": float(nanmedian(ratio))}
 
 
 def detect(trace: Trace) -> list[Finding]:

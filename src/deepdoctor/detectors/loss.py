@@ -119,7 +119,9 @@ def _nonfinite(trace: Trace) -> list[Finding]:
                 "nonfinite": what,
                 "nonfinite_weights": weights,
             },
-            remedies=LOWER_LR_FIRST,
+            # Adam with its default settings replaces an optimizer misconfigured into NaN
+            # (Adam with eps=0 divides 0 by 0 on a parameter that never gets a gradient).
+            remedies=[*LOWER_LR_FIRST, "adam"],
         )
     ]
 

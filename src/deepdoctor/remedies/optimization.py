@@ -110,7 +110,20 @@ def _adam(exp: Experiment, ctx: Context) -> Experiment:
     if exp.optimizer is not None:
         probe = base_factory(exp)([torch.zeros(1, requires_grad=True)])
         if isinstance(probe, torch.optim.Adam | torch.optim.AdamW):
-            raise Prescription("adam", "the optimizer is already Adam")
+            defaults = torch.optim.Adam([torch.zeros(1, requires_grad=True)]).defaults
+            changed = [k for k in ("eps", "betas") if probe.defaults.get(k) != defaults[k]]
+            if not changed:
+                raise Prescription("adam", "the optimizer is already Adam")
+            # An Adam with unusual settings (eps=0 divides 0 by 0) gets Adam's defaults.
+            # (The lr is kept: it is the setting the other remedies tune.)
+            lr = probe.defaults["lr"]
+            return record_change(
+                exp,
+                "adam",
+                f"optimizer = torch.optim.Adam(model.parameters(), lr={lr:.4g})"
+                f"  # default {', '.join(changed)}",
+                optimizer=lambda params: torch.optim.Adam(params, lr=lr),
+            )
     return record_change(
         exp,
         "adam",
