@@ -15,6 +15,7 @@ periods, so every block does the same share of sampled steps.
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 import time
@@ -144,23 +145,27 @@ def probe_runner(bench: Bench, every: int | None = None) -> Runner:
 
 @dataclass
 class Timing:
-    """Per-step seconds (CPU and wall) of every configuration in every round, paired by round."""
+    """Per-step seconds (CPU and wall) of every configuration, by round."""
 
-    cpu: dict[str, list[float]] = field(default_factory=dict)
-    wall: dict[str, list[float]] = field(default_factory=dict)
+    cpu: dict[str, dict[int, float]] = field(default_factory=dict)
+    wall: dict[str, dict[int, float]] = field(default_factory=dict)
+
+    def rounds_of(self, name: str) -> int:
+        return len(self.cpu[name])
 
     @property
     def rounds(self) -> int:
-        return min(len(v) for v in self.cpu.values())
+        return max(len(v) for v in self.cpu.values())
 
     def median_step(self, name: str, clock: str = "cpu") -> float:
-        return statistics.median(getattr(self, clock)[name])
+        return statistics.median(getattr(self, clock)[name].values())
 
     def ratio(self, name: str, base: str = "plain", clock: str = "cpu") -> float:
-        """Median over rounds of this round's step time over the base's step time."""
+        """Median over the rounds both ran of this round's step time over the base's."""
         times = getattr(self, clock)
-        pairs = zip(times[name], times[base], strict=True)
-        return statistics.median(a / b for a, b in pairs)
+        return statistics.median(
+            t / times[base][r] for r, t in times[name].items() if r in times[base]
+        )
 
 
 def _descendants(pid: int) -> list[int]:
@@ -198,26 +203,34 @@ def interleaved(
     block: int | dict[str, int],
     rounds: int,
     warmup: int = 1,
+    budget: float = math.inf,
 ) -> Timing:
     """Time ``rounds`` rounds; a round runs a block of steps of every runner in turn.
 
     ``block`` is the steps per block, for all runners or per runner (a costly one can run
     fewer steps; times are per step). The order rotates from round to round. ``warmup``
-    untimed rounds come first (first calls allocate memory and pick kernels).
+    untimed rounds come first (first calls allocate memory and pick kernels). A runner
+    whose timed blocks have taken ``budget`` wall seconds sits out the later rounds (its
+    ratios pair with the rounds it ran).
     """
     names = list(runners)
     steps = block if isinstance(block, dict) else dict.fromkeys(names, block)
     for _ in range(warmup):
         for name in names:
             runners[name](steps[name])
-    timing = Timing({n: [] for n in names}, {n: [] for n in names})
+    timing = Timing({n: {} for n in names}, {n: {} for n in names})
+    spent = dict.fromkeys(names, 0.0)
     for r in range(rounds):
         k = r % len(names)
         for name in names[k:] + names[:k]:
+            if spent[name] >= budget:
+                continue
             c0, t0 = cpu_seconds(), time.perf_counter()
             runners[name](steps[name])
-            timing.wall[name].append((time.perf_counter() - t0) / steps[name])
-            timing.cpu[name].append((cpu_seconds() - c0) / steps[name])
+            wall = time.perf_counter() - t0
+            spent[name] += wall
+            timing.wall[name][r] = wall / steps[name]
+            timing.cpu[name][r] = (cpu_seconds() - c0) / steps[name]
     return timing
 
 
