@@ -63,7 +63,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("deepdoctor-out/moonshot"))
     args = parser.parse_args()
     depth = args.depth or (100 if args.quick else 1000)
-    torch.set_num_threads(2)  # the whole 2-core machine, as the claim is stated
+    # One thread: width-64 matmuls gain nothing from a second, and on a shared machine a
+    # second thread waiting for a core made them 4-6x slower (see `deepdoctor --threads`).
+    torch.set_num_threads(1)
 
     base = get_preset("sigmoid-mlp50-digits")
     started = time.perf_counter()
