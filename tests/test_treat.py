@@ -280,3 +280,15 @@ def test_clipping_on_most_steps_makes_treat_screen_lower_lr(
     assert [t.remedies for t in screens] == [["gradient_clipping"], ["lower_lr"], ["adam"]]
     assert screens[0].note is not None and "learning rate is too high" in screens[0].note
     assert tr.to_dict()["trials"][0]["note"] == screens[0].note
+
+
+def test_a_larger_budget_treats_the_treated_run_again() -> None:
+    # Greedy rounds: lower_lr repairs the diverging MLP in round 1 (measured 10.0% -> 63.3%);
+    # round 2 starts from that verified run and screens what its findings still name.
+    tr = treat(get_preset("diverging-relu-mlp20-digits"), budget=6)
+    assert tr.rounds == 2 and tr.applied[0] == "lower_lr"
+    round2 = [t for t in tr.trials if t.stage.endswith("(round 2)")]
+    assert round2 and all("lower_lr" not in t.remedies for t in round2)
+    assert "round 2: " in tr.message
+    assert 3.0 < tr.compute <= 6.0
+    assert tr.to_dict()["rounds"] == 2

@@ -69,6 +69,9 @@ MAX_CANDIDATES = 6  # remedies screened at most; the rest are listed as not trie
 # The Deep Learning Tuning Playbook: clipping on more than half the steps is a sign that the
 # learning rate is too high, and lowering it is the better fix; treat then screens lower_lr.
 CLIP_MOST_STEPS = 0.5
+MAX_ROUNDS = 3  # greedy rounds: treat the treated experiment for what remains
+# A next round needs its noise run, one screen and one verification.
+NEXT_ROUND_MINIMUM = 1.0 + 2 * SCREEN_FRACTION
 CLIPPING_SAYS_LOWER_LR = "the learning rate is too high"
 # Remedies whose benefit only shows late in a run, so a short screen cannot judge them.
 LATE_EFFECT = {
@@ -141,6 +144,9 @@ class Treatment(Result):
     history_before: History | None = None
     history_after: History | None = None
     interrupted: bool = False
+    rounds: int = 1
+    # The treated run's Diagnosis (its trace included), the baseline of a next round.
+    diagnosis_after: Any = field(default=None, repr=False, compare=False)
 
     @property
     def prescriptions(self) -> list[Trial]:
@@ -175,6 +181,7 @@ class Treatment(Result):
                 "noise": self.noise if math.isfinite(self.noise) else None,
                 "compute": self.compute,
                 "interrupted": self.interrupted,
+                "rounds": self.rounds,
                 "trials": [t.to_dict() for t in self.trials],
                 "findings_before": [f.to_dict() for f in sort_findings(self.findings_before)],
                 "snippet": self.snippet(),
@@ -322,9 +329,58 @@ def treat(
     seed: overrides the experiment's seed for every run. remedies: screen these (in this
     order) instead of the ones the diagnosis names.
 
+    Greedy rounds: when a remedy was verified and the budget still holds a noise run, a
+    screen and a verification, the treated experiment is treated again, its verified run
+    the new baseline, for the findings that remain (at most ``MAX_ROUNDS`` rounds).
+
     >>> tr = treat(get_preset("sigmoid-mlp50-digits"))   # doctest: +SKIP
     >>> tr.applied, tr.before["val_accuracy"], tr.after["val_accuracy"]  # doctest: +SKIP
     """
+    tr = _treat_round(experiment, budget, seed, remedies=remedies, progress=progress)
+    total = DEFAULT_BUDGET if budget is None else float(budget)
+    while (
+        tr.applied
+        and not tr.interrupted
+        and tr.rounds < MAX_ROUNDS
+        and remedies is None
+        and total - tr.compute >= NEXT_ROUND_MINIMUM
+    ):
+        nxt = _treat_round(
+            tr.treated,
+            total - tr.compute,
+            None,
+            progress=progress,
+            baseline=tr.diagnosis_after,
+            exclude=tr.applied,
+        )
+        for t in nxt.trials:
+            t.stage = f"{t.stage} (round {tr.rounds + 1})"
+        tr.trials += nxt.trials
+        tr.compute = round(tr.compute + nxt.compute, 3)
+        tr.rounds += 1
+        if not nxt.applied:
+            tr.message += f"; round {tr.rounds}: {nxt.message}"
+            break
+        tr.applied = tr.applied + nxt.applied
+        tr.after, tr.model, tr.findings = nxt.after, nxt.model, nxt.findings
+        tr.treated, tr.history_after = nxt.treated, nxt.history_after
+        tr.diagnosis_after, tr.interrupted = nxt.diagnosis_after, nxt.interrupted
+        tr.message += f"; round {tr.rounds}: {nxt.message}"
+    return tr
+
+
+def _treat_round(
+    experiment: Experiment,
+    budget: float | None = None,
+    seed: int | None = None,
+    *,
+    remedies: list[str] | None = None,
+    progress: bool = False,
+    baseline: Any = None,
+    exclude: list[str] | None = None,
+) -> Treatment:
+    """One round of treat; ``baseline`` a Diagnosis of ``experiment`` already run (then it
+    costs nothing here), ``exclude`` remedies already applied (and those conflicting)."""
     from .diagnose import diagnose_experiment
 
     if not isinstance(experiment, Experiment):
@@ -346,14 +402,21 @@ def treat(
     spent = 0.0
     started = time.time()
 
-    base = diagnose_experiment(exp, progress="baseline" if progress else False)
-    with_final_eval(exp, base.history, base.model)
-    spent += base.history.steps / exp.steps
+    if baseline is not None:
+        base = baseline
+    else:
+        base = diagnose_experiment(exp, progress="baseline" if progress else False)
+        with_final_eval(exp, base.history, base.model)
+        spent += base.history.steps / exp.steps
     before = metrics_of(base.history)
     base_score = score_of(before)
     candidates = (
         [[r] for r in remedies] if remedies is not None else candidate_remedies(base.findings)
     )
+    if exclude:
+        candidates = [
+            g for g in candidates if not set(g) & set(exclude) and compatible([*g, *exclude])
+        ]
 
     def result(
         applied: list[str], treated: Experiment, run: Any, message: str, interrupted: bool = False
@@ -374,12 +437,14 @@ def treat(
             history_before=base.history,
             history_after=run.history,
             interrupted=interrupted,
+            diagnosis_after=run,
         )
 
     noise = math.nan
     if not candidates:
+        which = "treated" if baseline is not None else "untreated"
         msg = (
-            "the untreated run is healthy: no remedy applied"
+            f"the {which} run is healthy: no remedy applied"
             if base.healthy
             else "the findings name no remedy that can be applied automatically"
         )
