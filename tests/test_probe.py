@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from array import array
 from typing import Any
 
 import numpy as np
@@ -361,6 +362,8 @@ def _leaves(value: Any) -> list[Any]:
         return [x for v in value for x in _leaves(v)]
     if hasattr(value, "__dict__"):
         return _leaves(vars(value))
+    if isinstance(value, array):  # the Trace's float64 buffers: scalars, stored compactly
+        return value.tolist()
     return [value]
 
 
