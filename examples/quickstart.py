@@ -1,6 +1,6 @@
 """Checkup, diagnose and treat your own model: the README's Python example, runnable.
 
-    .venv/bin/python examples/quickstart.py
+.venv/bin/python examples/quickstart.py
 """
 
 import torch
