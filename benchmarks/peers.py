@@ -282,7 +282,8 @@ def main() -> None:
             if name == "plain":
                 results[name][bench.name] = f"{1000 * t.median_step(name):.0f} ms/step (CPU)"
             else:
-                few = f" [{t.rounds_of(name)} rounds]" if t.rounds_of(name) < t.rounds else ""
+                n = t.rounds_of(name)
+                few = f", {n} round{'s' if n > 1 else ''}" if n < t.rounds else ""
                 results[name][bench.name] = (
                     f"{t.ratio(name):.2f} ({t.ratio(name, clock='wall'):.2f}){few}"
                 )

@@ -7,7 +7,8 @@ sequences of 128. Each trains with plain SGD in a user's own loop: without the P
 16th step), and with ``dd.Probe(model, every=1)`` (full statistics every step). Runs are
 interleaved in rounds of 16 steps each (one sampling period); the ratio is the median over
 rounds of (watched block time / plain block time of the same round), in CPU time (this
-process and its children), with the wall-clock ratio in brackets. Torch runs with one
+process and its children), with the wall-clock ratio in brackets. A second plain copy timed
+the same way gives the noise: its ratio would be 1.000 on a quiet machine. Torch runs with one
 thread (see ``_timing``). Target: at most 1.05 at default settings.
 
     .venv/bin/python benchmarks/probe_overhead.py [--rounds 7] [--models mlp cnn transformer]
@@ -36,6 +37,7 @@ def main() -> None:
             continue
         runners = {
             "plain": plain_runner(bench),
+            "plain again": plain_runner(bench),  # a ratio that should be 1: the noise
             "default": probe_runner(bench),
             "every=1": probe_runner(bench, every=1),
         }
@@ -46,8 +48,7 @@ def main() -> None:
                 f"{1000 * t.median_step('plain'):.0f}",
                 *(
                     f"{t.ratio(n):.3f} ({t.ratio(n, clock='wall'):.3f})"
-                    for n in runners
-                    if n != "plain"
+                    for n in ("default", "every=1", "plain again")
                 ),
                 str(t.rounds),
             ]
@@ -61,6 +62,7 @@ def main() -> None:
                 "plain step, CPU ms",
                 "Probe default (every=16): CPU (wall)",
                 "Probe every=1: CPU (wall)",
+                "plain / plain (noise): CPU (wall)",
                 "rounds",
             ],
             rows,
