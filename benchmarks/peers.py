@@ -229,7 +229,12 @@ def missing_peers() -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds per model")
-    parser.add_argument("--quick", action="store_true", help="2 rounds")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="2 rounds, a 20 s budget, and without --models only the CNN and the "
+        "transformer (Cockpit spends minutes a step on the MLP)",
+    )
     parser.add_argument(
         "--budget",
         type=float,
@@ -237,7 +242,7 @@ def main() -> None:
         help="wall seconds of timed blocks after which a configuration sits out the "
         "remaining rounds (Cockpit's full configuration takes minutes a step)",
     )
-    parser.add_argument("--models", nargs="+", default=["mlp", "cnn", "transformer"])
+    parser.add_argument("--models", nargs="+", help="of mlp, cnn, transformer (default all)")
     args = parser.parse_args()
     missing = missing_peers()
     if missing and BENCH_PYTHON.exists() and Path(sys.executable) != BENCH_PYTHON:
@@ -250,6 +255,10 @@ def main() -> None:
             flush=True,
         )
     rounds = 2 if args.quick else args.rounds
+    budget = 20.0 if args.quick else args.budget
+    models = args.models or (
+        ["cnn", "transformer"] if args.quick else ["mlp", "cnn", "transformer"]
+    )
     pin_threads()
     warnings.simplefilter("ignore")  # BackPACK's and Cockpit's, every step; start() keeps its own
     tmp = tempfile.TemporaryDirectory(prefix="deepdoctor-bench-wandb-")
@@ -264,7 +273,7 @@ def main() -> None:
     )
     results: dict[str, dict[str, str]] = {c.name: {} for c in CONFIGS}
     notes: list[str] = []
-    selected = [b for b in benches() if b.name in args.models]
+    selected = [b for b in benches() if b.name in models]
     for bench in selected:
         runners: dict[str, Runner] = {}
         for config in CONFIGS:
@@ -277,7 +286,7 @@ def main() -> None:
                 notes.append(f"{config.name} on the {bench.name}: {exc}")
                 results[config.name][bench.name] = f"cannot run [{len(notes)}]"
         blocks = {c.name: c.block for c in CONFIGS if c.name in runners}
-        t = interleaved(runners, blocks, rounds, warmup=0, budget=args.budget)
+        t = interleaved(runners, blocks, rounds, warmup=0, budget=budget)
         for name in runners:
             if name == "plain":
                 results[name][bench.name] = f"{1000 * t.median_step(name):.0f} ms/step (CPU)"
