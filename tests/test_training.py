@@ -226,6 +226,9 @@ def test_early_stopping_stops_and_restores_the_best_weights(blobs: Data) -> None
     best = snapshots[5]
     assert all(torch.equal(model.state_dict()[k], best[k]) for k in best)
     assert not torch.equal(snapshots[20]["fc1.weight"], best["fc1.weight"])
+    # final reports the model the run returns: the best evaluation's, not the last one's
+    assert history.final == history.evals[0] and history.evals[-1]["step"] == 20
+    assert history.final["val_loss"] < history.evals[-1]["val_loss"]
 
 
 # -- callbacks ----------------------------------------------------------------------------
@@ -259,6 +262,9 @@ def test_state_stop_ends_the_run_after_that_step(blobs: Data) -> None:
     history = training.train(_mlp(), blobs, steps=50, callbacks=[StopAtThree()])
     assert history.stopped == "enough" and history.stop_step == 4 and history.steps == 4
     assert len(history.loss) == 4
+    # a callback's stop before the first evaluation still ends with the final metrics
+    assert [e["step"] for e in history.evals] == [4.0]
+    assert math.isfinite(history.final["train_loss"])
 
 
 # -- clean stops: non-finite loss, Ctrl-C -------------------------------------------------

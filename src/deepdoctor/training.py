@@ -325,7 +325,13 @@ class History:
 
     @property
     def final(self) -> dict[str, float]:
-        """The last evaluation's metrics (train_loss, val_loss, accuracies)."""
+        """The metrics of the model the run returns (train_loss, val_loss, accuracies): the
+        last evaluation's, or, when early stopping restored the best weights, the best
+        step's."""
+        if self.stopped == "early_stopping" and self.best_step is not None:
+            for e in self.evals:
+                if e["step"] == self.best_step:
+                    return dict(e)
         return dict(self.evals[-1]) if self.evals else {}
 
     def metric(self, name: str) -> list[float]:
@@ -546,10 +552,10 @@ def train(
             history.stopped, history.stop_step = "interrupted", history.steps
     if best_state is not None and history.stopped == "early_stopping":
         model.load_state_dict(best_state)
-    if history.stopped in ("interrupted", "nonfinite_loss") and (
-        not history.evals or history.evals[-1]["step"] != history.steps
-    ):
-        # so that every run ends with its final metrics (NaN for a NaN model)
+    if history.steps and (not history.evals or history.evals[-1]["step"] != history.steps):
+        # Every run ends with its final metrics, however it stopped (interrupted, NaN, or a
+        # callback such as diagnose's blow-up stop): a run that blew up before its first
+        # evaluation must still score, NaN for a NaN model.
         with contextlib.suppress(KeyboardInterrupt):
             run_eval(history.steps)
     _call(callbacks, "on_train_end", state)

@@ -35,7 +35,6 @@ same budget.
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -51,15 +50,7 @@ from .experiment import Experiment
 from .findings import Finding, sort_findings
 from .remedies import REMEDIES, Context, Prescription, apply_remedies, compatible
 from .results import Result
-from .training import (
-    TRAIN_EVAL_SAMPLES,
-    History,
-    default_loss,
-    evaluate,
-    infer_task,
-    is_loader,
-    loader_tensors,
-)
+from .training import History, is_loader, loader_tensors
 
 DEFAULT_BUDGET = 3.0  # baseline runs; AUTOTRAINER reports 2.21x for its repairs
 SCREEN_FRACTION = 0.2  # of the steps: enough for trainability fixes to separate from chance
@@ -72,7 +63,6 @@ CLIP_MOST_STEPS = 0.5
 MAX_ROUNDS = 3  # greedy rounds: treat the treated experiment for what remains
 # A next round needs its noise run, one screen and one verification.
 NEXT_ROUND_MINIMUM = 1.0 + 2 * SCREEN_FRACTION
-CLIPPING_SAYS_LOWER_LR = "the learning rate is too high"
 # Remedies whose benefit only shows late in a run, so a short screen cannot judge them.
 LATE_EFFECT = {
     "dropout",
@@ -101,6 +91,7 @@ class Trial:
     error: str | None = None
     prescription: str | None = None
     note: str | None = None  # what the trial taught the search (e.g. the playbook's rule)
+    clipped_fraction: float = math.nan  # of the steps, when the trial clipped gradients
     # A full-length screen (treated experiment, its probed run): already a verification.
     full_run: tuple[Experiment, Any] | None = field(default=None, repr=False, compare=False)
 
@@ -196,12 +187,8 @@ class Treatment(Result):
 
 
 def metrics_of(history: History) -> dict[str, float]:
-    """The metrics of the model a run returns: its last evaluation's, or, when early stopping
-    ended it (the loop then restores the best weights), those of the evaluation at its best
-    step."""
+    """The metrics of the model a run returns (see ``History.final``)."""
     final = history.final
-    if history.stopped == "early_stopping" and history.best_step is not None:
-        final = next(e for e in history.evals if e["step"] == history.best_step)
     return {
         k: float(final[k])
         for k in ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
@@ -227,30 +214,6 @@ def score_at(history: History, step: int) -> float:
         if e["step"] <= step:
             chosen = e
     return score_of(chosen) if chosen else -math.inf
-
-
-def with_final_eval(exp: Experiment, history: History, model: nn.Module | None) -> History:
-    """``history`` ending with the metrics of ``model`` at its last step.
-
-    The training loop evaluates at the end of a run that completes, goes non-finite or is
-    interrupted, but not of one a callback stops (diagnose's blow-up stop): without this, a
-    baseline that blows up before its first evaluation has no metrics, scores -inf and makes
-    the noise margin infinite, so no remedy could ever pass.
-    """
-    if model is None or history.steps == 0:
-        return history
-    if history.evals and history.evals[-1]["step"] == history.steps:
-        return history
-    X, y = loader_tensors(exp.train, TRAIN_EVAL_SAMPLES)
-    loss_fn = exp.loss_fn if exp.loss_fn is not None else default_loss(y)
-    task = infer_task(y, exp.loss_fn)
-    metrics = {"step": float(history.steps)}
-    metrics["train_loss"], metrics["train_accuracy"] = evaluate(model, X, y, loss_fn, task)
-    if exp.val is not None:
-        Xv, yv = loader_tensors(exp.val)
-        metrics["val_loss"], metrics["val_accuracy"] = evaluate(model, Xv, yv, loss_fn, task)
-    history.evals.append(metrics)
-    return history
 
 
 def stop_if_interrupted(history: History) -> History:
@@ -406,7 +369,6 @@ def _treat_round(
         base = baseline
     else:
         base = diagnose_experiment(exp, progress="baseline" if progress else False)
-        with_final_eval(exp, base.history, base.model)
         spent += base.history.steps / exp.steps
     before = metrics_of(base.history)
     base_score = score_of(before)
@@ -485,14 +447,19 @@ def _treat_round(
                 trials.append(trial)
                 if trial.passed:
                     passed.append(trial)
-                if trial.note and CLIPPING_SAYS_LOWER_LR in trial.note:
+                if trial.clipped_fraction > CLIP_MOST_STEPS:
                     # The playbook's rule: clipping most steps means the rate is too high.
+                    trial.note = (
+                        f"clipping fired on {trial.clipped_fraction:.0%} of the steps: by the "
+                        "Tuning Playbook's rule the learning rate is too high, so lower_lr is "
+                        "screened next"
+                    )
                     queue = [["lower_lr"]] + [g for g in queue if g != ["lower_lr"]]
                 bar.advance()
         for group in queue:
             trials.append(Trial(group, "screen", error="not tried: MAX_CANDIDATES reached"))
 
-        best_pair = [t for t in sorted(passed, key=lambda t: -t.score)][:2]
+        best_pair = sorted(passed, key=rank, reverse=True)[:2]
         if len(best_pair) == 2:
             combo = sorted(set(best_pair[0].remedies) | set(best_pair[1].remedies))
             if compatible(combo):
@@ -544,7 +511,7 @@ def _treat_round(
             )
         treated = apply_remedies(exp, best.remedies, ctx)
         run = diagnose_experiment(treated, progress="verifying" if progress else False)
-        stop_if_interrupted(with_final_eval(treated, run.history, run.model))
+        stop_if_interrupted(run.history)
         spent += run.history.steps / exp.steps
         verify = Trial(
             best.remedies,
@@ -618,22 +585,16 @@ def _screen(
     try:
         if late:
             run = diagnose_experiment(candidate)
-            history = with_final_eval(candidate, run.history, run.model)
+            history = run.history
             trial.full_run = (candidate, run)
         else:
-            model = candidate.build()
-            history = candidate.run(model=copy.deepcopy(model), steps=steps)
+            history = candidate.run(steps=steps)
     except Exception as exc:
         trial.error = f"{type(exc).__name__}: {exc}"
         return trial
     stop_if_interrupted(history)
-    if "gradient_clipping" in group and history.clipped:
-        fraction = float(np.mean(history.clipped))
-        if fraction > CLIP_MOST_STEPS:
-            trial.note = (
-                f"clipping fired on {fraction:.0%} of the steps: by the Tuning Playbook's rule "
-                f"{CLIPPING_SAYS_LOWER_LR}, so lower_lr is screened next"
-            )
+    if history.clipped:
+        trial.clipped_fraction = float(np.mean(history.clipped))
     trial.steps = history.steps
     trial.metrics = metrics_of(history)
     trial.score = score_of(trial.metrics)
