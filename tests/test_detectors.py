@@ -110,7 +110,7 @@ def test_exploding_gradients_grow_towards_the_input() -> None:
 
 def test_a_gradient_cliff_is_exploding() -> None:
     trace = make_trace([0.1, 0.1, 0.1, 0.1])
-    trace.steps.rows["grad_norm_total"][30][0] = 500.0
+    trace.steps.set_value("grad_norm_total", 30, 0, 500.0)
     (f,) = gradients.detect(trace)
     assert f.kind == "exploding_gradients"
     assert f.evidence == {"jump": 500.0, "threshold": gradients.EXPLODE_JUMP, "step": 30}
@@ -131,8 +131,8 @@ def test_nonfinite_reads_first_step_and_module_from_meta() -> None:
 
 def test_nonfinite_without_meta_uses_the_step_flags() -> None:
     trace = make_trace(steps=20)
-    trace.steps.rows["nonfinite_grad"][7][0] = 1.0
-    trace.layer.rows["grad_norm_weight"][7][2] = math.inf
+    trace.steps.set_value("nonfinite_grad", 7, 0, 1.0)
+    trace.layer.set_value("grad_norm_weight", 7, 2, math.inf)
     f = next(f for f in loss.detect(trace) if f.kind == "nonfinite")
     assert f.evidence["step"] == 7 and f.evidence["nonfinite"] == ["grad"]
     assert f.layers == ["l2"]
@@ -179,7 +179,7 @@ def test_bad_init_loss_needs_the_number_of_classes() -> None:
 
 def test_without_a_recorded_loss_there_is_no_loss_finding() -> None:
     trace = make_trace(losses=[math.nan] * 30)
-    trace.steps.rows["nonfinite_loss"] = [[0.0]] * 30  # NaN here means "not recorded"
+    trace.steps.set_stat("nonfinite_loss", [[0.0]] * 30)  # NaN here means "not recorded"
     assert loss.detect(trace) == []
 
 

@@ -13,7 +13,7 @@ import torch
 
 from deepdoctor import models, training
 from deepdoctor.probe import Probe
-from deepdoctor.trace import FORMAT_VERSION, LAYER_STATS, Trace
+from deepdoctor.trace import FORMAT_VERSION, LAYER_STATS, Table, Trace
 
 Data = tuple[torch.Tensor, torch.Tensor]
 
@@ -148,3 +148,18 @@ def test_a_stored_value_costs_about_8_bytes() -> None:
     # Python floats, one per row, held these same rows in 27 bytes a value
     assert _deep_size(trace.layer, seen) / values <= 16
     assert trace.layer.array("weight_norm").tolist() == rows
+
+
+def test_set_value_and_set_stat_write_in_place() -> None:
+    table = Table(["a", "b"], ["x"])
+    for step in range(3):
+        table.append(step, {"x": [float(step), 10.0 + step]})
+    table.set_value("x", -1, 0, 7.5)  # the last step, as the Probe corrects its own row
+    table.set_value("x", 0, 1, math.inf)
+    assert table.rows["x"] == [[0.0, math.inf], [1.0, 11.0], [7.5, 12.0]]
+    with pytest.raises(IndexError, match=r"no value \(3, 0\) in 'x': 3 steps x 2 names"):
+        table.set_value("x", 3, 0, 1.0)
+    table.set_stat("x", [[1.0, 2.0]] * 3)
+    assert table.array("x").tolist() == [[1.0, 2.0]] * 3
+    with pytest.raises(ValueError, match=r"must be \(steps, 2\)"):
+        table.set_stat("x", [[1.0, 2.0, 3.0]])

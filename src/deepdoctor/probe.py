@@ -339,7 +339,7 @@ class Probe:
         self._finish_step()
 
     def _set_last(self, stat: str, value: float) -> None:
-        self.trace.steps.rows[stat][-1][0] = value
+        self.trace.steps.set_value(stat, -1, 0, value)
 
     # -- hooks ---------------------------------------------------------------------------
 

@@ -25,127 +25,13 @@ from __future__ import annotations
 import json
 import math
 from array import array
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, overload
+from typing import Any
 
 import numpy as np
 
 FORMAT_VERSION = 1
-
-
-class _Row:
-    """One stored row of one statistic; reading or writing it goes to the table's buffer.
-
-    It compares equal to a list of the same floats, as the lists rows used to be.
-    """
-
-    __slots__ = ("_buf", "_start", "_width")
-
-    def __init__(self, buf: array[float], start: int, width: int) -> None:
-        self._buf, self._start, self._width = buf, start, width
-
-    def _index(self, i: int) -> int:
-        if not -self._width <= i < self._width:
-            raise IndexError("row index out of range")
-        return self._start + i % self._width
-
-    def __len__(self) -> int:
-        return self._width
-
-    @overload
-    def __getitem__(self, i: int) -> float: ...
-    @overload
-    def __getitem__(self, i: slice) -> list[float]: ...
-    def __getitem__(self, i: int | slice) -> float | list[float]:
-        if isinstance(i, slice):
-            return self.tolist()[i]
-        return self._buf[self._index(i)]
-
-    def __setitem__(self, i: int, value: float) -> None:
-        self._buf[self._index(i)] = value
-
-    def __iter__(self) -> Iterator[float]:
-        return iter(self.tolist())
-
-    def tolist(self) -> list[float]:
-        return self._buf[self._start : self._start + self._width].tolist()
-
-    def __eq__(self, other: object) -> bool:
-        return self.tolist() == (other.tolist() if isinstance(other, _Row) else other)
-
-    __hash__ = None  # type: ignore[assignment]  # mutable, like the list it stands for
-
-    def __repr__(self) -> str:
-        return repr(self.tolist())
-
-
-class _Column:
-    """All stored rows of one statistic (``Table.rows[stat]``): a sequence of ``_Row``."""
-
-    __slots__ = ("_buf", "_width", "_n")
-
-    def __init__(self, buf: array[float], width: int, n: int) -> None:
-        self._buf, self._width, self._n = buf, width, n
-
-    def __len__(self) -> int:
-        return self._n
-
-    @overload
-    def __getitem__(self, i: int) -> _Row: ...
-    @overload
-    def __getitem__(self, i: slice) -> list[_Row]: ...
-    def __getitem__(self, i: int | slice) -> _Row | list[_Row]:
-        if isinstance(i, slice):
-            return [self[j] for j in range(self._n)[i]]
-        if not -self._n <= i < self._n:
-            raise IndexError("row index out of range")
-        return _Row(self._buf, i % self._n * self._width, self._width)
-
-    def __iter__(self) -> Iterator[_Row]:
-        return (self[i] for i in range(self._n))
-
-    def tolist(self) -> list[list[float]]:
-        w = self._width
-        return [self._buf[i * w : (i + 1) * w].tolist() for i in range(self._n)]
-
-    def __eq__(self, other: object) -> bool:
-        return self.tolist() == (other.tolist() if isinstance(other, _Column) else other)
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return repr(self.tolist())
-
-
-class _Rows(MutableMapping[str, _Column]):
-    """``Table.rows``: statistic -> its rows, read and written in place in the buffers.
-
-    Assigning a statistic replaces its buffer with the given (steps, names) values.
-    """
-
-    def __init__(self, table: Table) -> None:
-        self._table = table
-
-    def __getitem__(self, stat: str) -> _Column:
-        t = self._table
-        return _Column(t._buffers[stat], len(t.names), len(t.steps))
-
-    def __setitem__(self, stat: str, rows: Any) -> None:
-        width = len(self._table.names)
-        values = np.asarray(rows, dtype=np.float64)
-        if values.size and (values.ndim != 2 or values.shape[1] != width):
-            raise ValueError(f"rows for {stat!r} must be (steps, {width}), not {values.shape}")
-        self._table._buffers[stat] = array("d", values.tobytes())
-
-    def __delitem__(self, stat: str) -> None:
-        del self._table._buffers[stat]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._table._buffers)
-
-    def __len__(self) -> int:
-        return len(self._table._buffers)
 
 
 class Table:
@@ -155,8 +41,8 @@ class Table:
     (``array('d')``, which over-allocates by about 1/16 as it grows): 8 bytes a value,
     where a list of Python floats per row cost about 53 (a 24-byte float object, its
     8-byte pointer, a list header per row), 216 bytes per step per layer under the Probe.
-    ``rows[stat][i][j]`` still reads and writes single values in place; ``array(stat)``
-    gives the (steps, names) numpy array.
+    ``array(stat)`` gives the (steps, names) numpy array; ``set_value`` and ``set_stat``
+    write in place.
     """
 
     def __init__(
@@ -171,12 +57,28 @@ class Table:
         self.steps: list[int] = [] if steps is None else steps
         self._buffers: dict[str, array[float]] = {stat: array("d") for stat in stats}
         for stat, values in (rows or {}).items():
-            self.rows[stat] = values
+            self.set_stat(stat, values)
 
     @property
-    def rows(self) -> _Rows:
-        """Statistic -> its rows; ``rows[stat][i][j]`` is value j of recorded step i."""
-        return _Rows(self)
+    def rows(self) -> dict[str, list[list[float]]]:
+        """Statistic -> its rows as lists of floats, ``rows[stat][i][j]`` value j of recorded
+        step i: a copy for reading (write with ``set_value`` or ``set_stat``)."""
+        return {stat: self.array(stat).tolist() for stat in self._buffers}
+
+    def set_value(self, stat: str, i: int, j: int, value: float) -> None:
+        """Overwrite value ``j`` of recorded step ``i`` (negative indices count from the end)."""
+        n, width = len(self.steps), len(self.names)
+        if not (-n <= i < n and -width <= j < width):
+            raise IndexError(f"no value ({i}, {j}) in {stat!r}: {n} steps x {width} names")
+        self._buffers[stat][i % n * width + j % width] = value
+
+    def set_stat(self, stat: str, rows: Any) -> None:
+        """Replace every row of ``stat`` with ``rows``, (recorded steps, names) values."""
+        width = len(self.names)
+        values = np.asarray(rows, dtype=np.float64)
+        if values.size and (values.ndim != 2 or values.shape[1] != width):
+            raise ValueError(f"rows for {stat!r} must be (steps, {width}), not {values.shape}")
+        self._buffers[stat] = array("d", values.tobytes())
 
     def append(self, step: int, values: dict[str, list[float]]) -> None:
         """Add one row; a missing statistic is NaN. All or nothing: a bad row adds nothing."""
@@ -365,7 +267,7 @@ class Trace:
             for tname, table in trace.tables().items():
                 table.steps = [int(s) for s in data[f"{tname}/steps"]]
                 for stat in table.stats:
-                    table.rows[stat] = data[f"{tname}/{stat}"]
+                    table.set_stat(stat, data[f"{tname}/{stat}"])
         return trace
 
     def to_dict(self) -> dict[str, Any]:
