@@ -25,6 +25,7 @@ import csv
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,7 +59,7 @@ FIELDS = [
 class Case:
     name: str
     source: str
-    build: object  # () -> Experiment
+    build: Callable[[], Experiment]
     expected: frozenset[str]
     healthy: bool
 
@@ -100,13 +101,6 @@ def calibration_cases() -> list[Case]:
     from tests.cases import CASES
 
     return [Case(c.name, "calibration", c.build, c.expected, c.healthy) for c in CASES]
-
-
-def score(tr: Treatment) -> float:
-    for key in ("val_accuracy", "train_accuracy"):
-        if key in tr.after:
-            return tr.after[key]
-    return -tr.after.get("val_loss", tr.after.get("train_loss", float("nan")))
 
 
 def row(case: Case, search: str, draw: int, tr: Treatment, seconds: float) -> dict[str, object]:
@@ -164,7 +158,7 @@ def main() -> int:
             for search, draw, names in searches:
                 if (case.name, search, str(draw)) in finished:
                     continue
-                exp: Experiment = case.build()  # type: ignore[operator]
+                exp = case.build()
                 started = time.perf_counter()
                 tr = treat(exp, budget=args.budget, remedies=names)
                 r = row(case, search, draw, tr, time.perf_counter() - started)

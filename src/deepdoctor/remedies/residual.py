@@ -216,13 +216,13 @@ def _not(node: fx.Node) -> Callable[[fx.Node], bool]:
 
 def residuals_anywhere(model: nn.Module, example: torch.Tensor) -> nn.Module:
     """nn.Sequential stacks get Residual wrappers; any other model goes through torch.fx."""
-    has_stack = any(isinstance(m, nn.Sequential) for m in model.modules())
-    if has_stack:
+    if any(isinstance(m, Residual | SkipGate) for m in model.modules()):
+        raise Prescription("residual", "the model already has residual blocks")
+    if any(isinstance(m, nn.Sequential) for m in model.modules()):
         try:
             return add_residuals(model, example)
-        except Prescription as p:
-            if "already has residual" in p.instructions:
-                raise
+        except Prescription:  # no same-shape block inside its stacks: try the whole graph
+            pass
     return add_residuals_fx(model, example)
 
 
