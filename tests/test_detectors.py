@@ -11,7 +11,7 @@ import pytest
 import deepdoctor as dd
 from deepdoctor.detectors import activations, data, fit, gradients, loss
 from deepdoctor.findings import KINDS, REMEDIES
-from deepdoctor.trace import Trace
+from deepdoctor.trace import RunFacts, Trace
 
 
 def make_trace(
@@ -19,13 +19,14 @@ def make_trace(
     types: list[str] | None = None,
     losses: list[float] | None = None,
     steps: int = 50,
-    meta: dict | None = None,
+    facts: dict | None = None,
 ) -> Trace:
-    """A trace whose layers have constant relative gradients ``relative`` (weight norm 1)."""
+    """A trace whose layers have constant relative gradients ``relative`` (weight norm 1);
+    ``facts`` the fields of its ``RunFacts``."""
     relative = relative or [0.1, 0.1, 0.1, 0.1]
     types = types or ["Linear"] * len(relative)
     names = [f"l{i}" for i in range(len(relative))]
-    trace = Trace(names, dict(zip(names, types, strict=True)), meta=meta or {})
+    trace = Trace(names, dict(zip(names, types, strict=True)), facts=RunFacts(**(facts or {})))
     losses = losses if losses is not None else [2.3 * math.exp(-s / 10) + 0.1 for s in range(steps)]
     for s, value in enumerate(losses):
         trace.steps.append(
@@ -64,7 +65,7 @@ def test_detect_rejects_what_is_not_a_trace() -> None:
 
 
 def test_a_healthy_trace_gives_no_finding() -> None:
-    trace = make_trace([0.05, 0.06, 0.05, 0.2], meta={"n_classes": 10, "task": "classification"})
+    trace = make_trace([0.05, 0.06, 0.05, 0.2], facts={"n_classes": 10, "task": "classification"})
     assert dd.detect(trace) == []
 
 
@@ -76,7 +77,7 @@ def test_vanishing_gradients_are_named_with_the_ratio_and_slow_layers() -> None:
     (f,) = findings
     assert f.kind == "vanishing_gradients" and f.severity == "warning"
     assert f.evidence["last_over_first"] == pytest.approx(1e6, rel=1e-6)
-    assert f.evidence["threshold"] == gradients.VANISH_RATIO
+    assert f.evidence["threshold"] == gradients.VANISH_RATIO_INIT  # seen at the first step
     assert f.layers == ["l0", "l1", "l2", "l3", "l4"]  # 100x or more below the last quarter
     assert f.remedies[0] in REMEDIES
 
@@ -116,10 +117,10 @@ def test_a_gradient_cliff_is_exploding() -> None:
     assert f.evidence == {"jump": 500.0, "threshold": gradients.EXPLODE_JUMP, "step": 30}
 
 
-def test_nonfinite_reads_first_step_and_module_from_meta() -> None:
+def test_nonfinite_reads_first_step_and_module_from_the_facts() -> None:
     trace = make_trace(
         losses=[2.3, 2.2, math.nan],
-        meta={
+        facts={
             "nonfinite_at": {"step": 2, "first_nonfinite_module": "log", "nonfinite_weights": []}
         },
     )
@@ -129,7 +130,7 @@ def test_nonfinite_reads_first_step_and_module_from_meta() -> None:
     assert f.layers == ["log"] and "step 2" in f.summary
 
 
-def test_nonfinite_without_meta_uses_the_step_flags() -> None:
+def test_nonfinite_without_facts_uses_the_step_flags() -> None:
     trace = make_trace(steps=20)
     trace.steps.set_value("nonfinite_grad", 7, 0, 1.0)
     trace.layer.set_value("grad_norm_weight", 7, 2, math.inf)
@@ -166,7 +167,9 @@ def test_a_flat_loss_is_stalled() -> None:
 
 
 def test_bad_init_loss_compares_step_zero_with_ln_classes() -> None:
-    trace = make_trace(losses=[10.0] + [2.0] * 30, meta={"n_classes": 10, "task": "classification"})
+    trace = make_trace(
+        losses=[10.0] + [2.0] * 30, facts={"n_classes": 10, "task": "classification"}
+    )
     f = next(f for f in loss.detect(trace) if f.kind == "bad_init_loss")
     assert f.severity == "warning"
     assert f.evidence["ratio"] == pytest.approx(10.0 / math.log(10), rel=1e-2)
@@ -206,10 +209,10 @@ def test_unscaled_inputs_from_the_input_table() -> None:
 
 
 def test_class_imbalance_from_the_class_counts() -> None:
-    (f,) = data.detect(make_trace(meta={"class_counts": [400, 100, 20]}))
+    (f,) = data.detect(make_trace(facts={"class_counts": [400, 100, 20]}))
     assert f.kind == "class_imbalance" and f.severity == "warning"
     assert f.evidence["max_over_min"] == 20.0 and f.evidence["rare_classes"] == [1, 2]
-    (mild,) = data.detect(make_trace(meta={"class_counts": [400, 100]}))
+    (mild,) = data.detect(make_trace(facts={"class_counts": [400, 100]}))
     assert mild.severity == "info"
 
 
@@ -259,7 +262,7 @@ def test_still_improving_when_the_last_quarter_keeps_falling() -> None:
 
 def test_underfitting_is_a_poor_plateau() -> None:
     trace = _with_evals(
-        make_trace(meta={"n_classes": 4, "task": "classification"}),
+        make_trace(facts={"n_classes": 4, "task": "classification"}),
         [1.38, 1.2, 1.1, 1.1, 1.1],
         [1.38, 1.2, 1.1, 1.1, 1.1],
     )
@@ -273,7 +276,7 @@ def test_every_finding_uses_the_contract_vocabulary() -> None:
         make_trace(
             [10.0 ** -(7 - i) for i in range(8)],
             losses=[10.0] * 40,
-            meta={"n_classes": 3, "class_counts": [100, 1, 1]},
+            facts={"n_classes": 3, "class_counts": [100, 1, 1]},
         ),
         [1.0, 0.6, 0.3, 0.1, 0.05],
         [1.0, 0.7, 0.6, 0.8, 0.9],

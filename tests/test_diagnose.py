@@ -138,8 +138,8 @@ def test_to_dict_has_the_report_layout(digits: dd.data.Split) -> None:
         "batch_size": 64,
     }
     assert data["stopped"] == {"reason": "completed", "step": None}
-    assert data["trace"]["meta"]["n_classes"] == 10
-    assert len(data["trace"]["meta"]["class_counts"]) == 10
+    assert data["trace"]["facts"]["n_classes"] == 10
+    assert len(data["trace"]["facts"]["class_counts"]) == 10
     assert data["healthy"] == diag.healthy
 
 

@@ -298,7 +298,7 @@ def test_a_nonfinite_loss_is_located_by_the_probe(blobs: Data) -> None:
     model = _mlp()
     with Probe(model) as probe:
         history = training.train(model, blobs, steps=20, probe=probe, callbacks=[PoisonAt(3)])
-    where = probe.trace.meta["nonfinite_at"]
+    where = probe.trace.facts.nonfinite_at
     assert where == {"step": 4, "first_nonfinite_module": "fc2", "nonfinite_weights": ["fc2"]}
     assert probe.trace.n_steps == 5 == len(history.loss)
     steps = probe.trace.steps

@@ -1,7 +1,8 @@
 """Complexity of a model: parameters, connections, FLOPs and activation memory per example.
 
-``measure(model, example_input)`` runs one forward pass without gradients and counts, for
-every module that owns parameters (in the order the forward runs them):
+``dd.complexity(model, batch)`` (this module's ``measure``) runs one forward pass without
+gradients and counts, for every module that owns parameters (in the order the forward runs
+them):
 
 - ``params``: the numbers in its own parameter tensors (frozen ones included).
 - ``connections``: its weights, i.e. the entries of its parameter tensors with two or more
@@ -46,8 +47,9 @@ from torch.nn.modules.module import (
 )
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from .findings import Finding, _jsonable
-from .probe import CHANNEL_FIRST_TYPES, ROOT_NAME, _forward_ordered
+from .findings import Finding
+from .stats import CHANNEL_FIRST_TYPES, ROOT_NAME, forward_ordered
+from .trace import json_ready
 
 # More than 100 parameters per training sample: the net can memorise every sample many
 # times over, so its fit says little until regularisation or more data proves otherwise.
@@ -93,7 +95,7 @@ class Complexity:
         return self.params / self.n_samples if self.n_samples else None
 
     def to_dict(self) -> dict[str, Any]:
-        return _jsonable(
+        return json_ready(
             {
                 "layers": [layer.to_dict() for layer in self.layers],
                 "total": {
@@ -206,16 +208,21 @@ def located_errors(model: nn.Module) -> Iterator[None]:
 # -- measuring ---------------------------------------------------------------------------
 
 
-def _as_inputs(example_input: Any) -> tuple[torch.Tensor, ...]:
-    inputs = tuple(example_input) if isinstance(example_input, tuple | list) else (example_input,)
+def _as_inputs(batch: Any) -> tuple[torch.Tensor, ...]:
+    """The forward's arguments in ``batch``: X, or the X of ``(X, y)``."""
+    X = batch[0] if isinstance(batch, tuple | list) and len(batch) == 2 else batch
+    inputs = tuple(X) if isinstance(X, tuple | list) else (X,)
     if not inputs or not all(isinstance(t, torch.Tensor) for t in inputs):
+        given = type(batch).__name__
+        if isinstance(batch, tuple | list):
+            given += f" of {len(batch)}: ({', '.join(type(b).__name__ for b in batch)})"
         raise TypeError(
-            "example_input must be a tensor (or a tuple of tensors passed as the forward's "
-            f"arguments), got {type(example_input).__name__}"
+            "batch must be a tensor X or a tuple (X, y), where X may be a tuple of tensors "
+            f"for a forward that takes several; got a {given}"
         )
     if inputs[0].dim() == 0 or inputs[0].shape[0] == 0:
         raise ValueError(
-            f"example_input has shape {tuple(inputs[0].shape)}; it needs a batch axis "
+            f"the batch's X has shape {tuple(inputs[0].shape)}; it needs a batch axis "
             "with at least one example"
         )
     return inputs
@@ -245,16 +252,18 @@ CPU_FLOP_FORMULAS = {
 }
 
 
-def measure(model: nn.Module, example_input: Any, n_samples: int | None = None) -> Complexity:
+def measure(model: nn.Module, batch: Any, n_samples: int | None = None) -> Complexity:
     """Parameters, connections, FLOPs and activation memory of ``model`` per example.
 
-    ``example_input`` is a batch the model accepts (a tensor, or a tuple of the forward's
-    arguments); two examples are plenty. The model is left exactly as it was. Batch-norm
-    layers run in eval mode for the count (a batch of one example works; the FLOPs are the
-    same), everything else in training mode.
+    ``batch``: the inputs X (a tensor), or ``(X, y)`` as checkup and diagnose take it (y is
+    not used); for a forward that takes several arguments X is a tuple of tensors, e.g.
+    ``((tokens, mask), y)``. Two examples are plenty. The model is left exactly as it was.
+    Batch-norm layers run in eval mode for the count (a batch of one example works; the
+    FLOPs are the same), everything else in training mode. ``dd.complexity`` is this
+    function.
 
     >>> import torch, deepdoctor as dd
-    >>> c = dd.complexity.measure(torch.nn.Linear(3, 2), torch.zeros(1, 3))
+    >>> c = dd.complexity(torch.nn.Linear(3, 2), torch.zeros(1, 3))
     >>> c.params, c.connections, c.flops
     (8, 6, 12.0)
     """
@@ -264,8 +273,8 @@ def measure(model: nn.Module, example_input: Any, n_samples: int | None = None) 
         isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1
     ):
         raise ValueError(f"n_samples must be a whole number >= 1, got {n_samples!r}")
-    inputs = _as_inputs(example_input)
-    batch = inputs[0].shape[0]
+    inputs = _as_inputs(batch)
+    examples = inputs[0].shape[0]
     owners = {
         name or ROOT_NAME: m
         for name, m in model.named_modules()
@@ -286,7 +295,7 @@ def measure(model: nn.Module, example_input: Any, n_samples: int | None = None) 
                 ran.append(name)
                 reuse[name] = 0
             if isinstance(outs[0], torch.Tensor):
-                reuse[name] += _positions(outs[0], module, batch)
+                reuse[name] += _positions(outs[0], module, examples)
         if module in leaves:
             act_bytes[0] += sum(
                 t.numel() * t.element_size() for t in outs if isinstance(t, torch.Tensor)
@@ -309,7 +318,7 @@ def measure(model: nn.Module, example_input: Any, n_samples: int | None = None) 
     counts = counter.get_flop_counts()
     prefix = type(model).__name__
     layers = []
-    for name in _forward_ordered(list(owners), ran):
+    for name in forward_ordered(list(owners), ran):
         module = owners[name]
         own = list(module.parameters(recurse=False))
         key = prefix if name == ROOT_NAME else f"{prefix}.{name}"
@@ -320,7 +329,7 @@ def measure(model: nn.Module, example_input: Any, n_samples: int | None = None) 
                 params=sum(p.numel() for p in own),
                 connections=sum(p.numel() for p in own if p.dim() >= 2),
                 reuse=reuse.get(name),
-                flops=sum(counts.get(key, {}).values()) / batch,
+                flops=sum(counts.get(key, {}).values()) / examples,
             )
         )
     unique = {id(p): p for p in model.parameters()}.values()
@@ -328,8 +337,8 @@ def measure(model: nn.Module, example_input: Any, n_samples: int | None = None) 
         layers=layers,
         params=sum(p.numel() for p in unique),
         connections=sum(p.numel() for p in unique if p.dim() >= 2),
-        flops=counter.get_total_flops() / batch,
-        activation_bytes=act_bytes[0] / batch,
+        flops=counter.get_total_flops() / examples,
+        activation_bytes=act_bytes[0] / examples,
         n_samples=n_samples,
     )
     result.findings = _findings(result)

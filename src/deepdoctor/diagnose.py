@@ -13,7 +13,6 @@ remaining steps are not wasted on a run that has no way back.
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +21,7 @@ import torch
 from torch import nn
 
 from . import training
-from ._checks import check_int, check_number
+from .checks import check_int, check_number
 from .detectors import BLOWUP_FACTOR, detect
 from .experiment import Experiment
 from .findings import Finding
@@ -36,12 +35,10 @@ from .training import (
     as_tensors,
     infer_task,
     is_loader,
-    loader_tensors,
 )
 
 EVERY_TARGET_SAMPLES = 20  # sample activations ~20 times per run: enough for a median
 MAX_EVERY = 16  # ... but at least every 16th step, the Probe's own default
-CLASS_COUNT_SAMPLES = 100_000  # count classes over at most this many samples of a loader
 BLOWUP_WINDOW = 3  # the starting loss is the median of the first 3 steps (one batch is noisy)
 
 
@@ -131,36 +128,13 @@ def copy_optimizer(
     return new
 
 
-def _targets(data: Any) -> torch.Tensor:
-    if is_loader(data):
-        return loader_tensors(data, CLASS_COUNT_SAMPLES)[1]
-    return data[1]
-
-
-def _data_meta(train_data: Any, loss_fn: Any, n_classes: int | None) -> dict[str, Any]:
-    """What the detectors need to know about the targets: task, classes, class counts."""
-    y = _targets(train_data)
-    task = infer_task(y, loss_fn)
-    meta: dict[str, Any] = {"task": task}
-    if task == "classification":
-        counts = torch.bincount(y.reshape(-1).long().clamp(min=0))
-        meta["n_classes"] = int(n_classes or len(counts))
-        meta["class_counts"] = counts.tolist()
-    elif task == "binary":
-        positives = int((y > 0.5).sum())
-        meta["n_classes"] = 2
-        meta["class_counts"] = [int(y.numel()) - positives, positives]
-    else:
-        meta["target_var"] = float(y.float().var()) if y.numel() > 1 else math.nan
-    return meta
-
-
 PREFLIGHT_SAMPLES = 4  # the shape check runs the model on this many training samples
 
 
-def _preflight(model: nn.Module, train_data: Any, loss_fn: Any) -> None:
+def _preflight(model: nn.Module, train_data: Any, loss_fn: Any) -> torch.Size:
     """Run the model once on a few training samples, so a model that cannot fit the data
-    fails here with one sentence, not from deep inside torch in the middle of training."""
+    fails here with one sentence, not from deep inside torch in the middle of training.
+    Returns the shape of its prediction."""
     X, y = training.loader_tensors(train_data, PREFLIGHT_SAMPLES)
     task = infer_task(y, loss_fn)
     was_training = model.training
@@ -176,10 +150,12 @@ def _preflight(model: nn.Module, train_data: Any, loss_fn: Any) -> None:
                     f"{tuple(X.shape[1:])} per sample ({first}); make its first layer "
                     "match the data"
                 ) from exc
-            out = training.fit_output(training.logits_of(output), y, task)
+            prediction = training.logits_of(output)
+            out = training.fit_output(prediction, y, task)
             training.compute_loss(loss_fn or training.default_loss(y), out, y)
     finally:
         model.train(was_training)
+    return prediction.shape
 
 
 def diagnose(
@@ -235,18 +211,19 @@ def diagnose(
         train = as_tensors(train, "train")
     if val is not None and not is_loader(val):
         val = as_tensors(val, "val")
-    _preflight(model, train, loss_fn)
+    prediction = _preflight(model, train, loss_fn)
     if not in_place:
         original = model
         model = copy.deepcopy(model)
         if isinstance(optimizer, torch.optim.Optimizer):
             optimizer = copy_optimizer(optimizer, original, model)
 
-    meta = _data_meta(train, loss_fn, n_classes)
-    meta.update(steps_planned=steps, batch_size=batch_size, seed=seed)
+    facts = training.data_facts(train, loss_fn, n_classes, prediction)
+    facts.update(steps_planned=steps, batch_size=batch_size, seed=seed, blowup_factor=blowup)
     probe_opt = optimizer if isinstance(optimizer, torch.optim.Optimizer) else None
     with Probe(model, optimizer=probe_opt, every=every) as probe:
-        probe.trace.meta.update(meta)
+        for key, value in facts.items():
+            setattr(probe.trace.facts, key, value)
         history = training.train(
             model,
             train,
@@ -267,8 +244,6 @@ def diagnose(
         )
     trace = probe.trace
     early = history.stopped not in ("completed",)
-    trace.meta["stopped"] = {"reason": history.stopped, "step": history.stop_step}
-    trace.meta["blowup_factor"] = blowup
     return Diagnosis(
         findings=detect(trace),
         trace=trace,

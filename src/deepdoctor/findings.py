@@ -6,9 +6,10 @@ only ever grow; a name never changes its meaning.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from .trace import json_ready
 
 KINDS: dict[str, str] = {
     "vanishing_gradients": "gradient norms shrink geometrically towards the input; "
@@ -57,19 +58,6 @@ REMEDIES: tuple[str, ...] = (
 )
 
 
-def _jsonable(value: Any) -> Any:
-    """Numbers JSON can hold: NaN and Inf become None, numpy scalars become Python ones."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if hasattr(value, "item") and callable(value.item):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 @dataclass
 class Finding:
     """One named problem with the numbers that justify it and what to do about it."""
@@ -104,7 +92,7 @@ class Finding:
             "severity": self.severity,
             "summary": self.summary,
             "layers": list(self.layers),
-            "evidence": _jsonable(self.evidence),
+            "evidence": json_ready(self.evidence),
             "remedies": list(self.remedies),
         }
 

@@ -24,12 +24,12 @@ trainable parameters (one fused ``torch._foreach_norm`` call, one host sync). A 
 whose name contains ``bias`` counts as a bias, every other one as a weight; the weight norm
 and the update ratio are taken over all of the layer's trainable parameters, bias included.
 Frozen parameters (``requires_grad=False``) are skipped and listed in
-``trace.meta["frozen_parameters"]``.
+``trace.facts.frozen_parameters``.
 
 Every ``every``-th step (default 16, and always step 0): statistics of activations, outputs,
 inputs, and the update-to-weight ratio. These need a pass over every activation tensor or a
 copy of the weights, so sampling keeps the overhead small; ``every=1`` records them all.
-The per-module hooks are attached only for the sampled forward pass.
+The forward is observed (one global module hook, ``stats.ForwardWalk``) only on sampled steps.
 
 Overhead, measured on 2 shared CPU cores (CPU time per step against the same loop without
 the Probe, plain SGD; ``benchmarks/probe_overhead.py``, latest in docs/benchmarks.md): with
@@ -42,17 +42,8 @@ step is 4 ms, +40% (``every=1`` +250%); a 4 x 512 ReLU MLP on batches of 256, +2
 
 Activation statistics come from activation *modules* (``nn.ReLU``, ``nn.Sigmoid`` ...);
 activations applied functionally (``F.relu``) are not seen, though the output scale of every
-parameterised layer still is. The rules:
-
-- dead (ReLU, ReLU6): a unit is dead on a step when its output is exactly zero for every
-  example in the batch (and every position, for convolutions and sequences). A unit is a
-  channel when the activation is fed by a convolution (or a batch / group norm after one)
-  and the last axis (a feature) elsewhere.
-- saturated (sigmoid, tanh, hardsigmoid, hardtanh): the fraction of outputs within 1% of
-  the output range from a bound, i.e. sigmoid outside (0.01, 0.99), |pre-activation| > 4.6,
-  and tanh with |output| > 0.98, |pre-activation| > 2.3. There the local slope is below 4%
-  of its peak (for both), so the gradient through the unit is all but gone.
-Statistics that do not apply to an activation are NaN.
+parameterised layer still is. The rules for dead and saturated units, and every other
+statistic, are those of ``deepdoctor.stats``, which the checkup uses too.
 """
 
 from __future__ import annotations
@@ -60,103 +51,33 @@ from __future__ import annotations
 import itertools
 import math
 import weakref
-from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 from torch.optim import optimizer as _optimizer_module
 
-from .trace import ACT_STATS, Trace
+from .stats import (
+    CHANNEL_FIRST_TYPES,
+    ROOT_NAME,
+    ForwardWalk,
+    ParameterIndex,
+    TargetTally,
+    activation_modules,
+    forward_ordered,
+    gradient_sq_norms,
+    is_weight_layer,
+    norms,
+    output_tensor,
+    parameter_layers,
+)
+from .trace import RunFacts, Trace
 
 # Sample the costly statistics every 16th step: with every=1 they triple the time of a
 # small deep MLP's step; every 16th step they add a few percent on top of the per-step norms.
 DEFAULT_EVERY = 16
 
-# Activation module class -> the name deepdoctor uses for it.
-ACTIVATION_KINDS: dict[type[nn.Module], str] = {
-    nn.Sigmoid: "sigmoid",
-    nn.Tanh: "tanh",
-    nn.ReLU: "relu",
-    nn.ReLU6: "relu6",
-    nn.LeakyReLU: "leaky_relu",
-    nn.PReLU: "prelu",
-    nn.ELU: "elu",
-    nn.SELU: "selu",
-    nn.CELU: "celu",
-    nn.SiLU: "silu",
-    nn.GELU: "gelu",
-    nn.Softplus: "softplus",
-    nn.Hardtanh: "hardtanh",
-    nn.Hardsigmoid: "hardsigmoid",
-    nn.Mish: "mish",
-}
-DYING_ACTIVATIONS = {"relu", "relu6"}  # exactly zero gradient for every negative input
-# Saturating activations: (lower bound, upper bound) of the output.
-SATURATING_BOUNDS = {
-    "sigmoid": (0.0, 1.0),
-    "tanh": (-1.0, 1.0),
-    "hardsigmoid": (0.0, 1.0),
-    "hardtanh": (-1.0, 1.0),
-}
-# Below this a float32 norm may have lost entries whose squares underflow (|x| < ~1e-19).
-TINY_NORM = 1e-15
-SATURATION_MARGIN = 0.01  # within 1% of the output range from a bound counts as saturated
-
-CONV_TYPES = (
-    nn.Conv1d,
-    nn.Conv2d,
-    nn.Conv3d,
-    nn.ConvTranspose1d,
-    nn.ConvTranspose2d,
-    nn.ConvTranspose3d,
-)
-# Layers whose output keeps the channel on axis 1: an activation they feed has channel units.
-CHANNEL_FIRST_TYPES = CONV_TYPES + (
-    nn.modules.batchnorm._BatchNorm,
-    nn.GroupNorm,
-    nn.modules.instancenorm._InstanceNorm,
-)
-ROOT_NAME = "(model)"
-
-
-def activation_kind(module: nn.Module) -> str | None:
-    for cls, kind in ACTIVATION_KINDS.items():
-        if isinstance(module, cls):
-            return kind
-    return None
-
-
-def parameter_layers(model: nn.Module) -> tuple[dict[str, nn.Module], list[str]]:
-    """Modules that own trainable parameters directly, by module path; and frozen params.
-
-    Raises a ValueError when the model has no trainable parameter at all.
-    """
-    layers: dict[str, nn.Module] = {}
-    frozen: list[str] = []
-    for name, module in model.named_modules():
-        own = list(module.named_parameters(recurse=False))
-        if not own:
-            continue
-        trainable = [p for _, p in own if p.requires_grad]
-        frozen += [f"{name}.{pname}" if name else pname for pname, p in own if not p.requires_grad]
-        if trainable:
-            layers[name or ROOT_NAME] = module
-    if not layers:
-        if frozen:
-            raise ValueError(
-                f"every parameter of this model is frozen ({len(frozen)} tensors with "
-                "requires_grad=False); unfreeze the ones you want to train"
-            )
-        raise ValueError(
-            "this model has no parameters, so there is nothing to train or diagnose; "
-            "pass a model built from layers with weights (nn.Linear, nn.Conv2d, ...)"
-        )
-    return layers, frozen
-
-
-def _is_bias(name: str) -> bool:
-    return "bias" in name
+__all__ = ["CHANNEL_FIRST_TYPES", "DEFAULT_EVERY", "ROOT_NAME", "Probe"]
 
 
 class Probe:
@@ -170,7 +91,7 @@ class Probe:
                 opt.zero_grad()
                 loss.backward()
                 opt.step()              # the Probe sees the step end here
-                probe.record_loss(loss)
+                probe.record_loss(loss, targets=y)
         findings = dd.detect(probe.trace)
 
     Leaving the ``with`` block removes every hook.
@@ -192,49 +113,42 @@ class Probe:
         self.every = every
         self.activations = activations
         self._layers, frozen = parameter_layers(model)
-        self._acts: dict[str, tuple[nn.Module, str]] = {}
-        for name, module in model.named_modules():
-            kind = activation_kind(module)
-            if kind is not None:
-                self._acts[name or ROOT_NAME] = (module, kind)
-        self._layer_params: dict[str, list[tuple[str, nn.Parameter]]] = {
-            lname: [(n, p) for n, p in m.named_parameters(recurse=False) if p.requires_grad]
-            for lname, m in self._layers.items()
-        }
-        self._param_ids = {id(p) for ps in self._layer_params.values() for _, p in ps}
-        self.trace = Trace(
+        self._acts = activation_modules(model)
+        self._index = ParameterIndex(self._layers)
+        self._trace = Trace(
             list(self._layers),
             {n: type(m).__name__ for n, m in self._layers.items()},
             list(self._acts),
             {n: kind for n, (_, kind) in self._acts.items()},
             {n: None for n in self._acts},
-            {"frozen_parameters": frozen, "every": every},
+            weight_layers=[n for n, m in self._layers.items() if is_weight_layer(m)],
+            facts=RunFacts(frozen_parameters=frozen, every=every),
         )
+        self._tally = TargetTally()
         self._handles: list[Any] = []
-        # Per-module hooks exist only during a sampled forward: a module with a hook takes
-        # torch's slow call path, which on small models costs more than the statistics.
-        self._module_hooks: list[tuple[nn.Module, Callable[..., None]]] = []
-        self._module_handles: list[Any] = []
         self._step = 0
         self._forward_in_step = False
         self._order_fixed = False
-        self._forward_order: list[str] = []
-        self._act_order: list[str] = []
-        self._last_layer_run: str | None = None
-        # A sampled forward's statistics stay tensors until the step ends, then are read
-        # back together: one host sync per step instead of one per module.
-        self._pending_outputs: dict[str, torch.Tensor] = {}
-        self._pending_acts: dict[str, torch.Tensor] = {}
+        self._walk: ForwardWalk | None = None  # the sampled forward's observer
+        self._walked: ForwardWalk | None = None  # ... once that forward has run
+        self._prediction: torch.Size | None = None  # the shape of this step's prediction
+        self._batch_len: int | None = None
         self._pending_updates: dict[str, float] | None = None
         self._pending_loss: float | None = None
         self._grad_row: dict[str, list[float]] | None = None
+        self._grads_nonfinite = False
         self._snapshot: list[torch.Tensor] | None = None
         self._snapshot_buffers: list[torch.Tensor] = []
-        self._flat: tuple[list[torch.Tensor], list[int], list[bool]] | None = None
         self._lr: float = math.nan
-        self._grads_nonfinite = False
-        self._sample_forward = False
         self._active = False
+
+    @property
+    def trace(self) -> Trace:
+        """What the Probe recorded so far (the target tally is brought up to date)."""
+        if self._tally.task is not None:
+            for key, value in self._tally.facts().items():
+                setattr(self._trace.facts, key, value)
+        return self._trace
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -249,12 +163,8 @@ class Probe:
         if self._active:
             return
         h = self._handles
-        h.append(self.model.register_forward_pre_hook(self._on_root_forward))
-        self._module_hooks = [(m, self._make_layer_hook(n)) for n, m in self._layers.items()]
-        if self.activations:
-            self._module_hooks += [
-                (m, self._make_act_hook(n, kind)) for n, (m, kind) in self._acts.items()
-            ]
+        h.append(self.model.register_forward_pre_hook(self._on_root_forward, with_kwargs=True))
+        h.append(self.model.register_forward_hook(self._on_root_output))
         if self.optimizer is not None:
             h.append(self.optimizer.register_step_pre_hook(self._on_step_pre))
             h.append(self.optimizer.register_step_post_hook(self._on_step_post))
@@ -276,25 +186,17 @@ class Probe:
         self._active = True
 
     def detach(self) -> None:
-        self._remove_module_hooks()
+        self._stop_walk()
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
         self._snapshot_buffers = []
         self._active = False
 
-    def _add_module_hooks(self) -> None:
-        self._module_handles = [m.register_forward_hook(fn) for m, fn in self._module_hooks]
-
-    def _remove_module_hooks(self) -> None:
-        for handle in self._module_handles:
-            handle.remove()
-        self._module_handles = []
-
     def _owns(self, opt: torch.optim.Optimizer) -> bool:
         # Runs at every step of every optimizer in the process: keep it in C.
         ids = map(id, itertools.chain.from_iterable(g["params"] for g in opt.param_groups))
-        return not self._param_ids.isdisjoint(ids)
+        return not self._index.ids.isdisjoint(ids)
 
     # -- what the user (or the training loop) tells the probe ----------------------------
 
@@ -308,100 +210,103 @@ class Probe:
         """True on steps where the costly statistics are recorded."""
         return self._step % self.every == 0
 
-    def record_loss(self, loss: torch.Tensor | float) -> None:
-        """Tell the probe this step's training loss.
+    def record_loss(self, loss: torch.Tensor | float, targets: torch.Tensor | None = None) -> None:
+        """Tell the probe this step's training loss, and optionally the batch's targets.
 
         Called after ``optimizer.step()`` with no forward since, it belongs to the step just
-        recorded; otherwise to the step in progress.
+        recorded; otherwise to the step in progress. ``targets`` (the batch's labels or
+        regression targets) let the Probe record the task, the classes and their counts, so
+        that ``dd.detect`` can judge the loss at initialisation and the class balance as
+        ``diagnose`` does.
         """
+        if targets is not None:
+            self._record_targets(targets)
         value = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
-        if not self._forward_in_step and self.trace.n_steps > 0:
+        if not self._forward_in_step and self._trace.n_steps > 0:
             self._set_last("loss", value)
             self._set_last("nonfinite_loss", float(not math.isfinite(value)))
         else:
             self._pending_loss = value
 
+    def _record_targets(self, targets: torch.Tensor) -> None:
+        if not isinstance(targets, torch.Tensor):
+            raise TypeError(
+                f"record_loss(targets=...) takes the batch's targets as a tensor, got "
+                f"{type(targets).__name__}"
+            )
+        if self._batch_len is not None and targets.dim() and len(targets) != self._batch_len:
+            raise ValueError(
+                f"record_loss got {len(targets)} targets, but the model's last forward saw a "
+                f"batch of {self._batch_len} examples; pass the targets of the batch the loss "
+                "was computed on"
+            )
+        if self._tally.task is None and self._trace.facts.task is not None:
+            self._tally.task = self._trace.facts.task
+        self._tally.add(targets, self._prediction)
+
     def record_eval(self, step: int | None = None, **metrics: float) -> None:
         """Record evaluation metrics (train_loss, train_accuracy, val_loss, val_accuracy)."""
-        unknown = set(metrics) - set(self.trace.evals.stats)
+        unknown = set(metrics) - set(self._trace.evals.stats)
         if unknown:
             raise ValueError(
-                f"unknown eval metrics {sorted(unknown)}; use {', '.join(self.trace.evals.stats)}"
+                f"unknown eval metrics {sorted(unknown)}; use {', '.join(self._trace.evals.stats)}"
             )
-        self.trace.evals.append(
+        self._trace.evals.append(
             self._step if step is None else step, {k: [v] for k, v in metrics.items()}
         )
 
-    def end_step(self) -> None:
-        """Close the current step by hand (for loops that do not call a torch optimizer)."""
+    def end_step(self, gradients_of: torch.Tensor | None = None) -> None:
+        """Close the current step by hand, for loops that do not call a torch optimizer.
+
+        gradients_of: a loss whose gradients to measure by autograd instead of reading
+        ``.grad``; nothing is written to ``.grad`` (this is how a checkup measures step 0
+        without changing the model).
+        """
         if self._grad_row is None:
-            self._grad_row = self._read_grads()
+            grad_sq = (
+                gradient_sq_norms(gradients_of, self._index.params)
+                if gradients_of is not None
+                else None
+            )
+            self._grad_row, self._grads_nonfinite = self._index.read(grad_sq)
         self._finish_step()
 
     def _set_last(self, stat: str, value: float) -> None:
-        self.trace.steps.set_value(stat, -1, 0, value)
+        self._trace.steps.set_value(stat, -1, 0, value)
 
     # -- hooks ---------------------------------------------------------------------------
 
-    def _recording_forward(self, module: nn.Module) -> bool:
+    def _on_root_forward(self, module: nn.Module, args: tuple[Any, ...], kwargs: Any) -> None:
+        self._stop_walk()
         # Evaluation passes (no grad, or eval mode) are not training steps.
-        return torch.is_grad_enabled() and self.model.training
-
-    def _on_root_forward(self, module: nn.Module, args: tuple[Any, ...]) -> None:
-        # Only the first training forward of a sampled step needs the per-module hooks.
-        self._remove_module_hooks()
-        if not self._recording_forward(module):
+        if not (torch.is_grad_enabled() and self.model.training):
             return
         first = not self._forward_in_step
         self._forward_in_step = True
-        self._sample_forward = first and self.sampling
-        if self._sample_forward:
-            self._add_module_hooks()
-            if args and isinstance(args[0], torch.Tensor):
-                self._record_input(args[0])
+        inputs = [*args, *kwargs.values()]
+        x = next((a for a in inputs if isinstance(a, torch.Tensor)), None)
+        if first:
+            self._batch_len = len(x) if x is not None and x.dim() else None
+        if first and self.sampling:
+            acts = self._acts if self.activations else {}
+            self._walk = ForwardWalk(self._layers, acts).__enter__()
+            self._walk.record_input(x)
 
-    def _make_layer_hook(self, lname: str) -> Callable[..., None]:
-        def hook(module: nn.Module, args: Any, output: Any) -> None:
-            if not (self._forward_in_step and self._sample_forward):
-                return
-            self._last_layer_run = lname
-            if lname not in self._forward_order:
-                self._forward_order.append(lname)
-            out = output[0] if isinstance(output, tuple | list) else output
-            if not isinstance(out, torch.Tensor) or not out.is_floating_point():
-                return
-            with torch.no_grad():
-                self._pending_outputs[lname] = torch.stack(_mean_std(out.detach().float()))
+    def _on_root_output(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self._walk is not None:
+            self._walked = self._walk
+            self._stop_walk()
+        if torch.is_grad_enabled() and self.model.training:
+            pred = output_tensor(output)
+            self._prediction = pred.shape if pred is not None else None
 
-        return hook
-
-    def _make_act_hook(self, aname: str, kind: str) -> Callable[..., None]:
-        def hook(module: nn.Module, args: Any, output: Any) -> None:
-            if not (self._forward_in_step and self._sample_forward):
-                return
-            if not isinstance(output, torch.Tensor):
-                return
-            if aname not in self._act_order:
-                self._act_order.append(aname)
-                src = self._last_layer_run
-                self.trace.act_sources[aname] = src
-            src = self.trace.act_sources.get(aname)
-            conv_like = src is not None and isinstance(self._layers.get(src), CHANNEL_FIRST_TYPES)
-            self._pending_acts[aname] = _activation_stat_tensor(output, kind, conv_like)
-
-        return hook
-
-    def _record_input(self, x: torch.Tensor) -> None:
-        vals = _input_stat_tensor(x)
-        if vals is None:
-            return
-        self.trace.inputs.append(
-            self._step,
-            {s: [v] for s, v in zip(self.trace.inputs.stats, vals.tolist(), strict=True)},
-        )
+    def _stop_walk(self) -> None:
+        if self._walk is not None:
+            self._walk.__exit__()
+            self._walk = None
 
     def _on_step_pre(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        self._grad_row = self._read_grads()
+        self._grad_row, self._grads_nonfinite = self._index.read()
         try:
             self._lr = float(opt.param_groups[0]["lr"])
         except (KeyError, IndexError, TypeError, ValueError):
@@ -427,7 +332,7 @@ class Probe:
         first sampled step to ``detach()``; a sampled step needs that copy anyway, so the
         peak memory is the same.
         """
-        params = self._flat_params()[0]
+        params = self._index.params
         buf = self._snapshot_buffers
         if len(buf) != len(params) or any(
             b.shape != p.shape or b.dtype != p.dtype or b.device != p.device
@@ -438,107 +343,52 @@ class Probe:
             torch._foreach_copy_(buf, params)
         return buf
 
-    def _flat_params(self) -> tuple[list[torch.Tensor], list[int], list[bool]]:
-        """Every watched parameter in layer order, with its layer's index and whether it is
-        a bias; built once (and again after the layer order is fixed)."""
-        if self._flat is None:
-            flat = [
-                (p, i, _is_bias(n))
-                for i, ps in enumerate(self._layer_params.values())
-                for n, p in ps
-            ]
-            self._flat = ([p for p, _, _ in flat], [i for _, i, _ in flat], [b for _, _, b in flat])
-        return self._flat
-
-    def _read_grads(self) -> dict[str, list[float]]:
-        """Per-layer weight-gradient, bias-gradient and weight norms, with one host sync."""
-        params, layer_of, is_bias = self._flat_params()
-        grads = [p.grad for p in params]
-        present = [j for j, g in enumerate(grads) if g is not None]
-        n_grads = len(present)
-        with torch.no_grad():
-            values = _norms([*(g for g in grads if g is not None), *params])
-        n = len(self._layer_params)
-        w_sq = [math.nan] * n
-        b_sq = [math.nan] * n
-        for j, v in zip(present, values[:n_grads], strict=True):
-            sq = b_sq if is_bias[j] else w_sq
-            i = layer_of[j]
-            sq[i] = v * v if math.isnan(sq[i]) else sq[i] + v * v
-        self._grads_nonfinite = any(not math.isfinite(v) for v in values[:n_grads])
-        weight_sq = [0.0] * n
-        for i, v in zip(layer_of, values[n_grads:], strict=True):
-            weight_sq[i] += v**2
-        return {
-            "grad_norm_weight": [math.sqrt(v) for v in w_sq],
-            "grad_norm_bias": [math.sqrt(v) for v in b_sq],
-            "weight_norm": [math.sqrt(v) for v in weight_sq],
-        }
-
     def _update_ratios(self, before: list[torch.Tensor]) -> dict[str, float]:
         """||after - before|| / ||before|| per layer. ``before`` is the snapshot taken just
         before the update, and is overwritten; ||before|| is the weight norm already read
         for this step's row."""
         with torch.no_grad():
-            torch._foreach_sub_(
-                before, self._flat_params()[0]
-            )  # in place: no second copy of the weights
-            d = _norms(before)
+            # in place: no second copy of the weights
+            torch._foreach_sub_(before, self._index.params)
+            d = norms(before)
         weight_norm = (self._grad_row or {}).get("weight_norm", [])
-        out: dict[str, float] = {}
-        k = 0
-        for i, (lname, ps) in enumerate(self._layer_params.items()):
-            dsq = sum(d[k + j] ** 2 for j in range(len(ps)))
-            k += len(ps)
-            w = weight_norm[i] if i < len(weight_norm) else math.nan
-            out[lname] = math.sqrt(dsq) / w if w > 0 else math.nan
-        return out
-
-    def _read_pending(self) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-        """The sampled forward's output and activation statistics as floats, one host sync."""
-        tensors = [*self._pending_outputs.values(), *self._pending_acts.values()]
-        if not tensors:
-            return {}, {}
-        device = tensors[0].device
-        values = torch.cat([v.to(device) for v in tensors]).tolist()
-        n_out = 2 * len(self._pending_outputs)
-        n_act = len(ACT_STATS)
-        outs = {n: values[2 * i : 2 * i + 2] for i, n in enumerate(self._pending_outputs)}
-        acts = {
-            n: values[n_out + n_act * i : n_out + n_act * (i + 1)]
-            for i, n in enumerate(self._pending_acts)
+        dsq = [0.0] * len(self._index.layer_params)
+        for i, v in zip(self._index.layer_of, d, strict=True):
+            dsq[i] += v * v
+        return {
+            name: math.sqrt(dsq[i]) / weight_norm[i]
+            if i < len(weight_norm) and weight_norm[i] > 0
+            else math.nan
+            for i, name in enumerate(self._index.layer_params)
         }
-        return outs, acts
 
-    def _fix_layer_order(self) -> None:
+    def _fix_layer_order(self, walk: ForwardWalk | None) -> None:
         """Put layers in the order the forward pass ran them (once, before the first row)."""
-        if self._order_fixed:
+        if self._order_fixed or walk is None:
             return
         self._order_fixed = True
-        if not self._forward_order:
-            return
         registered = list(self._layers)
-        ordered = _forward_ordered(registered, self._forward_order)
+        ordered = forward_ordered(registered, walk.result.order)
         perm = [registered.index(n) for n in ordered]
         self._layers = {n: self._layers[n] for n in ordered}
-        self._layer_params = {n: self._layer_params[n] for n in ordered}
-        self._flat = None
-        self._grad_row = (
-            {k: [v[i] for i in perm] for k, v in self._grad_row.items()}
-            if self._grad_row is not None
-            else None
-        )
-        acts = self._act_order + [a for a in self._acts if a not in self._act_order]
-        t = self.trace
+        self._index.reorder(ordered)
+        if self._grad_row is not None:
+            self._grad_row = {k: [v[i] for i in perm] for k, v in self._grad_row.items()}
+        seen = walk.result.act_order
+        acts = seen + [a for a in self._acts if a not in seen]
+        t = self._trace
         t.layers = ordered
+        t.weight_layers = [n for n in ordered if n in set(t.weight_layers)]
         t.act_layers = acts
         for table in (t.layer, t.outputs, t.updates):
             table.names = ordered
         t.acts.names = acts
 
     def _finish_step(self) -> None:
-        self._fix_layer_order()
-        t = self.trace
+        walk, self._walked = self._walked, None
+        self._stop_walk()
+        self._fix_layer_order(walk)
+        t = self._trace
         row = self._grad_row or {}
         loss = self._pending_loss if self._pending_loss is not None else math.nan
         grads = row.get("grad_norm_weight", []) + row.get("grad_norm_bias", [])
@@ -560,34 +410,44 @@ class Probe:
             },
         )
         t.layer.append(self._step, row)
-        outs, acts = self._read_pending()
-        if outs:
+        if walk is not None:
+            self._record_walk(walk.read())
+        if self._pending_updates is not None:
+            ups = self._pending_updates
+            t.updates.append(self._step, {"update_ratio": [ups.get(n, math.nan) for n in t.layers]})
+        self._pending_updates, self._pending_loss = None, None
+        self._grad_row = None
+        self._grads_nonfinite = False
+        self._forward_in_step = False
+        self._step += 1
+
+    def _record_walk(self, seen: Any) -> None:
+        """Write a sampled forward's statistics (a ``stats.WalkResult``) into the Trace."""
+        t = self._trace
+        for aname, src in seen.act_sources.items():
+            if t.act_sources.get(aname) is None:
+                t.act_sources[aname] = src
+        if seen.input is not None:
+            t.inputs.append(
+                self._step, {s: [v] for s, v in zip(t.inputs.stats, seen.input, strict=True)}
+            )
+        if seen.outputs:
             nan2 = [math.nan, math.nan]
             t.outputs.append(
                 self._step,
                 {
-                    "out_mean": [outs.get(n, nan2)[0] for n in t.layers],
-                    "out_std": [outs.get(n, nan2)[1] for n in t.layers],
+                    "out_mean": [seen.outputs.get(n, nan2)[0] for n in t.layers],
+                    "out_std": [seen.outputs.get(n, nan2)[1] for n in t.layers],
                 },
             )
-        if self._pending_updates is not None:
-            ups = self._pending_updates
-            t.updates.append(self._step, {"update_ratio": [ups.get(n, math.nan) for n in t.layers]})
-        if acts:
+        if seen.acts:
             t.acts.append(
                 self._step,
                 {
-                    s: [acts[a][i] if a in acts else math.nan for a in t.act_layers]
+                    s: [seen.acts[a][i] if a in seen.acts else math.nan for a in t.act_layers]
                     for i, s in enumerate(t.acts.stats)
                 },
             )
-        self._pending_outputs, self._pending_acts, self._pending_updates = {}, {}, None
-        self._pending_loss = None
-        self._grad_row = None
-        self._grads_nonfinite = False
-        self._forward_in_step = False
-        self._sample_forward = False
-        self._step += 1
 
     def locate_nonfinite(self, *inputs: Any) -> dict[str, Any]:
         """Run one forward pass and name the first module whose output is NaN or Inf.
@@ -618,105 +478,7 @@ class Probe:
         first_bad = next((n for n, ok in order if not ok), None)
         weights_bad = [
             n
-            for n, ps in self._layer_params.items()
+            for n, ps in self._index.layer_params.items()
             if any(not bool(torch.isfinite(p).all()) for _, p in ps)
         ]
         return {"first_nonfinite_module": first_bad, "nonfinite_weights": weights_bad}
-
-
-def _forward_ordered(registered: list[str], ran: list[str]) -> list[str]:
-    """``registered`` layers in the order the forward ran them (``ran``).
-
-    A layer the forward did not call as a module (e.g. attention's out_proj, used
-    functionally) goes right after the nearest earlier registered layer.
-    """
-    ordered = [name for name in ran if name in registered]
-    for i, name in enumerate(registered):
-        if name in ordered:
-            continue
-        prev = next((registered[j] for j in range(i - 1, -1, -1) if registered[j] in ordered), None)
-        ordered.insert(ordered.index(prev) + 1 if prev else 0, name)
-    return ordered
-
-
-def _input_stat_tensor(x: torch.Tensor) -> torch.Tensor | None:
-    """mean, std, feature_mean_absmax, feature_std_max, feature_std_min of an input batch
-    (a feature is a channel when the input has more than two axes); None when they do not
-    apply (integer inputs such as token ids, or fewer than two examples)."""
-    if not x.is_floating_point() or x.dim() < 2 or x.shape[0] < 2:
-        return None
-    with torch.no_grad():
-        x = x.detach().float()
-        flat = (
-            x.reshape(x.shape[0], -1)
-            if x.dim() == 2
-            else x.transpose(0, 1).reshape(x.shape[1], -1).T
-        )
-        fmean = flat.mean(0)
-        fstd = flat.std(0)
-        return torch.stack([x.mean(), x.std(), fmean.abs().max(), fstd.max(), fstd.min()])
-
-
-def _norms(tensors: Sequence[torch.Tensor]) -> list[float]:
-    """L2 norms of the tensors, with one host sync; tiny ones recomputed in float64.
-
-    A float32 norm squares the entries, and squares of entries below ~1e-19 underflow, so a
-    vanishing gradient of 1e-23 would read as exactly 0. Norms below ``TINY_NORM`` are
-    therefore recomputed in float64 (good down to ~1e-154). Only those: a float64 norm of
-    every tensor costs ten times as much.
-    """
-    if not tensors:
-        return []
-    values = torch.stack(torch._foreach_norm(list(tensors))).float().tolist()
-    tiny = [i for i, v in enumerate(values) if v < TINY_NORM]  # NaN compares False: stays
-    if tiny:
-        exact = torch._foreach_norm([tensors[i] for i in tiny], 2, dtype=torch.float64)
-        for i, v in zip(tiny, torch.stack(exact).tolist(), strict=True):
-            values[i] = v
-    return values
-
-
-def _activation_stat_tensor(
-    output: torch.Tensor, kind: str, conv_like: bool, moments: bool = True
-) -> torch.Tensor:
-    """The ``ACT_STATS`` of one activation output as a tensor (NaN where a rule does not
-    apply), so a caller can gather many layers and read them back with one host sync.
-    ``moments=False`` skips mean, std and the non-finite flag (NaN) for callers that only
-    need the dead and saturated fractions."""
-    with torch.no_grad():
-        x = output.detach().float()
-        nan = x.new_full((), math.nan)
-        dead = sat = nan
-        if kind in DYING_ACTIVATIONS and x.dim() >= 2:
-            unit = 1 if conv_like else x.dim() - 1
-            # ReLU outputs are >= 0, so a unit is alive when its largest output is above 0
-            # (a max over every other axis: no copy, a third of the cost of != 0 / any).
-            peak = x.amax(dim=[d for d in range(x.dim()) if d != unit])
-            dead = (peak <= 0).float().mean()
-        if kind in SATURATING_BOUNDS:
-            lo, hi = SATURATING_BOUNDS[kind]
-            margin = SATURATION_MARGIN * (hi - lo)
-            sat = ((x < lo + margin) | (x > hi - margin)).float().mean()
-        if not moments:
-            return torch.stack([nan, nan, dead, sat, nan])
-        mean, std = _mean_std(x)
-        # A NaN or Inf anywhere makes the mean NaN or Inf; so does a sum past float32's
-        # range (~3e38), which is as good as infinite. Cheaper than isfinite(x).all().
-        return torch.stack([mean, std, dead, sat, (~torch.isfinite(mean)).float()])
-
-
-def _mean_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and sample standard deviation (0 for a single element) of a float tensor.
-
-    Two passes: the mean, then the sum of squared deviations from it (cascade-summed, as
-    accurate as ``Tensor.std``). ``Tensor.std`` runs Welford's update element by element,
-    3-4x slower on a CPU; a one-pass sum of squares would be faster still but loses every
-    digit when the mean is large against the spread. One difference: deviations past ~1e19
-    square beyond float32's range and read inf, where ``Tensor.std`` stays finite.
-    """
-    mean = x.mean()
-    if x.numel() < 2:
-        return mean, x.new_zeros(())
-    dev = x - mean
-    dev.square_()
-    return mean, (dev.sum() / (x.numel() - 1)).sqrt()

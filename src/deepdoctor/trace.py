@@ -26,12 +26,63 @@ import json
 import math
 from array import array
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-FORMAT_VERSION = 1
+from .stats import ACT_STATS, INPUT_STATS, WEIGHT_LAYER_TYPE_NAMES
+
+# 2: typed run facts (``Trace.facts``) and the weight layers; format 1 traces still load.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+TASKS = ("classification", "binary", "regression")
+
+
+@dataclass
+class RunFacts:
+    """What the detectors need beyond the per-step statistics, written by whoever knows it.
+
+    ``diagnose`` and the training loop fill these in from the data and the run; in a loop of
+    your own the Probe fills in the task, the classes and their counts from
+    ``probe.record_loss(loss, targets=y)`` and the outputs it sees. None means unknown, and
+    a detector whose rule needs an unknown fact skips that rule.
+    """
+
+    task: str | None = None  # classification | binary | regression
+    n_classes: int | None = None
+    class_counts: list[int] | None = None  # training targets per class
+    target_var: float | None = None  # variance of regression targets
+    chance_loss: float | None = None  # loss of a calibrated start: ln(classes), or target var
+    steps_planned: int | None = None
+    batch_size: int | None = None
+    seed: int | None = None
+    stop_reason: str = "completed"  # completed | nonfinite_loss | loss_blowup | ...
+    stop_step: int | None = None
+    blowup_factor: float | None = None  # the loss multiple at which the run was stopped
+    nonfinite_at: dict[str, Any] | None = None  # step, first_nonfinite_module, weights
+    frozen_parameters: list[str] = field(default_factory=list)
+    every: int | None = None  # the Probe's sampling interval
+
+    def to_dict(self) -> dict[str, Any]:
+        return json_ready(asdict(self))
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> RunFacts:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    @classmethod
+    def from_meta_v1(cls, meta: Mapping[str, Any]) -> RunFacts:
+        """The facts a format-1 trace kept in its free-form ``meta``."""
+        stopped = meta.get("stopped") or {}
+        facts = cls.from_dict(meta)
+        facts.stop_reason = stopped.get("reason") or "completed"
+        facts.stop_step = stopped.get("step")
+        if facts.task is None:
+            facts.task = "classification" if meta.get("n_classes") else None
+        return facts
 
 
 class Table:
@@ -138,8 +189,6 @@ STEP_STATS = [
 LAYER_STATS = ["grad_norm_weight", "grad_norm_bias", "weight_norm"]
 OUTPUT_STATS = ["out_mean", "out_std"]
 UPDATE_STATS = ["update_ratio"]
-ACT_STATS = ["act_mean", "act_std", "dead_frac", "saturated_frac", "nonfinite"]
-INPUT_STATS = ["mean", "std", "feature_mean_absmax", "feature_std_max", "feature_std_min"]
 EVAL_STATS = ["train_loss", "train_accuracy", "val_loss", "val_accuracy"]
 
 
@@ -151,7 +200,10 @@ class Trace:
     ``act_layers``: activation modules (ReLU, Sigmoid, ...), in forward order.
     ``act_kinds``: their activation (``relu``, ``sigmoid`` ...).
     ``act_sources``: for each activation module, the parameterised layer that fed it.
-    ``meta``: free-form JSON-ready facts (frozen parameters, class counts, task ...).
+    ``weight_layers``: the layers whose weight matrix or kernel mixes their input
+    (``deepdoctor.stats.is_weight_layer``; by default judged from the type names).
+    ``facts``: typed facts about the data and the run (``RunFacts``), read by the detectors.
+    ``meta``: free-form JSON-ready notes of yours; no detector reads them.
     """
 
     def __init__(
@@ -162,6 +214,9 @@ class Trace:
         act_kinds: dict[str, str] | None = None,
         act_sources: dict[str, str | None] | None = None,
         meta: dict[str, Any] | None = None,
+        *,
+        weight_layers: list[str] | None = None,
+        facts: RunFacts | None = None,
     ) -> None:
         self.layers = list(layers)
         self.layer_types = dict(layer_types)
@@ -169,6 +224,12 @@ class Trace:
         self.act_kinds = dict(act_kinds or {})
         self.act_sources = dict(act_sources or {})
         self.meta: dict[str, Any] = dict(meta or {})
+        self.weight_layers = (
+            list(weight_layers)
+            if weight_layers is not None
+            else [n for n in self.layers if self.layer_types.get(n) in WEIGHT_LAYER_TYPE_NAMES]
+        )
+        self.facts = facts if facts is not None else RunFacts()
         self.steps = Table(["(model)"], STEP_STATS)
         self.layer = Table(self.layers, LAYER_STATS)
         self.outputs = Table(self.layers, OUTPUT_STATS)
@@ -225,6 +286,8 @@ class Trace:
             "act_layers": self.act_layers,
             "act_kinds": self.act_kinds,
             "act_sources": self.act_sources,
+            "weight_layers": self.weight_layers,
+            "facts": self.facts.to_dict(),
             "meta": self.meta,
         }
 
@@ -251,11 +314,18 @@ class Trace:
             raise FileNotFoundError(f"no trace at {path}; save one with Trace.save(path)")
         with np.load(path, allow_pickle=False) as data:
             header = json.loads(str(data["header"]))
-            if header.get("format_version") != FORMAT_VERSION:
+            version = header.get("format_version")
+            if version not in READABLE_VERSIONS:
                 raise ValueError(
-                    f"{path} has trace format {header.get('format_version')}, this deepdoctor "
-                    f"reads format {FORMAT_VERSION}"
+                    f"{path} has trace format {version}, and this deepdoctor reads formats "
+                    f"{', '.join(map(str, READABLE_VERSIONS))}: load it with the deepdoctor "
+                    "that wrote it, or record the run again"
                 )
+            facts = (
+                RunFacts.from_meta_v1(header["meta"])
+                if version == 1
+                else RunFacts.from_dict(header["facts"])
+            )
             trace = cls(
                 header["layers"],
                 header["layer_types"],
@@ -263,6 +333,8 @@ class Trace:
                 header["act_kinds"],
                 header["act_sources"],
                 header["meta"],
+                weight_layers=header.get("weight_layers"),
+                facts=facts,
             )
             for tname, table in trace.tables().items():
                 table.steps = [int(s) for s in data[f"{tname}/steps"]]
@@ -273,13 +345,10 @@ class Trace:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (NaN and Inf become None, in the tables and in meta)."""
 
-        def clean(rows: list[list[float]]) -> list[list[float | None]]:
-            return [[v if math.isfinite(v) else None for v in row] for row in rows]
-
         out = self._header()
-        out["meta"] = _json_ready(self.meta)
+        out["meta"] = json_ready(self.meta)
         out["tables"] = {
-            tname: {"steps": list(t.steps), **{s: clean(t.array(s).tolist()) for s in t.stats}}
+            tname: {"steps": list(t.steps), **{s: json_ready(t.array(s).tolist()) for s in t.stats}}
             for tname, t in self.tables().items()
         }
         return out
@@ -291,13 +360,14 @@ class Trace:
         )
 
 
-def _json_ready(value: Any) -> Any:
-    """A copy of ``value`` with non-finite floats as None and numpy scalars as Python ones."""
+def json_ready(value: Any) -> Any:
+    """A copy of ``value`` that JSON can hold: non-finite floats become None, numpy scalars
+    and one-element tensors Python numbers. The one conversion every ``to_dict`` uses."""
     if isinstance(value, dict):
-        return {str(k): _json_ready(v) for k, v in value.items()}
+        return {str(k): json_ready(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, np.generic):
+        return [json_ready(v) for v in value]
+    if isinstance(value, np.generic) or (hasattr(value, "item") and callable(value.item)):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
         return None

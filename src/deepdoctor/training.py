@@ -24,14 +24,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._checks import check_choice, check_int, check_number
-from ._progress import progress_bar
+from .checks import check_choice, check_int, check_number
+from .progress import progress_bar
+from .stats import TargetTally
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 TensorData = tuple[torch.Tensor, torch.Tensor]
 OptimizerSpec = torch.optim.Optimizer | Callable[..., torch.optim.Optimizer] | None
 
 DEFAULT_LR = 0.1  # plain SGD's customary starting point for standardised inputs
+CLASS_COUNT_SAMPLES = 100_000  # count classes over at most this many samples of a loader
 TRAIN_EVAL_SAMPLES = 2048  # the train metrics are measured on a fixed sample of this size
 EVAL_CHUNK = 1024
 SCHEDULES = ("constant", "step", "cosine", "warmup", "warmup_cosine")
@@ -91,7 +93,7 @@ def batches(data: Any, batch_size: int, seed: int) -> Iterator[Batch]:
             empty = True
             for b in data:
                 empty = False
-                yield _unpack(b)
+                yield unpack_batch(b)
             if empty:
                 raise ValueError("the training DataLoader yielded no batches")
     X, y = data
@@ -105,7 +107,7 @@ def batches(data: Any, batch_size: int, seed: int) -> Iterator[Batch]:
             yield X[idx], y[idx]
 
 
-def _unpack(batch: Any) -> Batch:
+def unpack_batch(batch: Any) -> Batch:
     if isinstance(batch, dict):
         keys = [k for k in ("x", "input", "inputs") if k in batch]
         tkeys = [k for k in ("y", "target", "targets", "label", "labels") if k in batch]
@@ -126,7 +128,7 @@ def loader_tensors(data: Any, limit: int | None = None) -> TensorData:
         return (X[:limit], y[:limit]) if limit else (X, y)
     xs, ys, count = [], [], 0
     for b in data:
-        x, t = _unpack(b)
+        x, t = unpack_batch(b)
         xs.append(x)
         ys.append(t)
         count += len(x)
@@ -253,6 +255,29 @@ def evaluate(
     finally:
         model.train(was_training)
     return total / n, (correct / n if task != "regression" else math.nan)
+
+
+def _all_targets(data: Any) -> torch.Tensor:
+    if is_loader(data):
+        return loader_tensors(data, CLASS_COUNT_SAMPLES)[1]
+    return data[1]
+
+
+def data_facts(
+    train_data: Any, loss_fn: Any, n_classes: int | None, prediction: torch.Size | None
+) -> dict[str, Any]:
+    """What the detectors need to know about the targets: the task, the classes and their
+    counts over the training set (or the targets' variance), the chance-level loss.
+
+    ``prediction``: the shape of the model's output on a few samples, from which the number
+    of classes is read (the classes a model can predict, not only those the data holds).
+    """
+    y = _all_targets(train_data)
+    tally = TargetTally(task=infer_task(y, loss_fn))
+    if n_classes is not None:
+        tally.n_classes = n_classes
+    tally.add(y, prediction)
+    return tally.facts()
 
 
 # -- optimizer and schedule -----------------------------------------------------------------
@@ -511,7 +536,7 @@ def train(
                     if probe is not None:
                         probe.record_loss(value)
                         probe.end_step()
-                        probe.trace.meta["nonfinite_at"] = {
+                        probe.trace.facts.nonfinite_at = {
                             "step": step,
                             **probe.locate_nonfinite(xb),
                         }
@@ -558,5 +583,8 @@ def train(
         # evaluation must still score, NaN for a NaN model.
         with contextlib.suppress(KeyboardInterrupt):
             run_eval(history.steps)
+    if probe is not None:
+        probe.trace.facts.stop_reason = history.stopped
+        probe.trace.facts.stop_step = history.stop_step
     _call(callbacks, "on_train_end", state)
     return history

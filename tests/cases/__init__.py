@@ -522,7 +522,9 @@ def _diverging_cnn() -> Experiment:
     "oscillating-tanh-mlp-sgd2-teacher",
     family="teacher/mlp",
     expected=("oscillating_loss",),
-    allowed=("still_improving",),
+    # A loss swinging between 1 and 2.8 whose level does not fall is stalled as well: on
+    # this machine the run ends within 5% of where it started (seed 0).
+    allowed=("still_improving", "stalled_loss"),
 )
 def _oscillating_mlp() -> Experiment:
     """tanh MLP with SGD at lr 2: the loss jumps between 1 and 2.8 from step to step."""

@@ -1,9 +1,10 @@
 """detect: a Trace in, findings out, one detector module per family.
 
 ``detect`` is a pure function of the Trace, so a user who ran the Probe in their own loop
-gets the same judgement as ``diagnose``. It reads ``trace.meta`` where diagnose filled it in
-("task", "n_classes", "class_counts", "nonfinite_at", "stopped") and skips a rule whose
-inputs are missing rather than guess.
+gets the same judgement as ``diagnose`` and ``checkup``. Beyond the per-step statistics it
+reads the typed run facts (``trace.facts``: task, classes and their counts, how the run
+stopped), which diagnose writes from the data and the Probe from
+``record_loss(loss, targets=y)``, and skips a rule whose inputs are unknown rather than guess.
 """
 
 from __future__ import annotations

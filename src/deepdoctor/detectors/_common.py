@@ -10,12 +10,6 @@ import numpy as np
 
 from ..trace import Trace
 
-# Layer types whose weights carry the signal through the network. Norm layers (their affine
-# parameters are scale-free by design), embeddings (sparse rows) and parameter holders
-# such as positional encodings are left out of depth comparisons: their gradient scale says
-# nothing about depth.
-WEIGHT_LAYER_MARKERS = ("Linear", "Conv", "LSTM", "GRU", "RNN", "MultiheadAttention", "Bilinear")
-RECURRENT_TYPES = ("LSTM", "GRU", "RNN")
 LOSS_WINDOW_FRACTION = 0.1  # start / end of the loss curve: medians over 10% of the steps
 MIN_LOSS_WINDOW = 3  # ... and over at least 3 steps, because one mini-batch is noisy
 
@@ -27,15 +21,11 @@ def nanmedian(a: np.ndarray, axis: int | None = None) -> Any:
         return np.nanmedian(a, axis=axis)
 
 
-def is_weight_layer(layer_type: str) -> bool:
-    return "Norm" not in layer_type and any(m in layer_type for m in WEIGHT_LAYER_MARKERS)
-
-
 def weight_layers(trace: Trace) -> list[int]:
-    """Indices (into ``trace.layers``) of the weight layers, in forward order."""
-    return [
-        i for i, name in enumerate(trace.layers) if is_weight_layer(trace.layer_types.get(name, ""))
-    ]
+    """Indices (into ``trace.layers``) of the weight layers (``trace.weight_layers``, as the
+    Probe judged them with ``stats.is_weight_layer``), in forward order."""
+    weights = set(trace.weight_layers)
+    return [i for i, name in enumerate(trace.layers) if name in weights]
 
 
 def finite_loss(trace: Trace) -> np.ndarray:
@@ -78,8 +68,7 @@ def eval_series(trace: Trace, stat: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def stopped_early(trace: Trace) -> bool:
-    stopped = trace.meta.get("stopped") or {}
-    return stopped.get("reason", "completed") not in ("completed", None)
+    return trace.facts.stop_reason not in ("completed", None)
 
 
 def round_sig(x: float, digits: int = 3) -> float:

@@ -1,5 +1,6 @@
 """Data detectors: unscaled_inputs (from the Probe's input table), class_imbalance (from the
-class counts ``diagnose`` puts in ``trace.meta``)."""
+class counts in ``trace.facts``, which ``diagnose`` takes from the training set and the Probe
+from the targets given to ``record_loss``)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,11 @@ UNSCALED_OFFSET = 3.0  # a feature whose batch mean sits 3 units from zero
 TINY_RMS = 0.01  # inputs this small starve the first layer of signal
 IMBALANCE_RATIO = 10.0  # most / least frequent class: 10x makes a model ignore the rare
 IMBALANCE_INFO = 3.0  # 3x: worth knowing, usually harmless
+# Fewer than 20 examples per class on average (a checkup's single batch, say): counts that
+# small swing by chance (a balanced batch of 64 over 10 classes often holds 1 and 12 of
+# two classes: "12x"), so the balance is not judged. From 20 a balanced draw rarely strays
+# past 3:1 (Poisson, mean 20: 2.5th and 97.5th percentiles 12 and 29).
+MIN_PER_CLASS = 20
 
 
 def input_scale(trace: Trace) -> dict[str, Any] | None:
@@ -73,12 +79,12 @@ def _unscaled(trace: Trace) -> list[Finding]:
 
 
 def _imbalance(trace: Trace) -> list[Finding]:
-    counts = trace.meta.get("class_counts")
+    counts = trace.facts.class_counts
     if not counts or len(counts) < 2:
         return []
     c = np.asarray(counts, dtype=float)
     present = c[c > 0]
-    if len(present) < 2:
+    if len(present) < 2 or c.sum() < MIN_PER_CLASS * len(c):
         return []
     ratio = float(present.max() / present.min())
     if not ratio >= IMBALANCE_INFO:

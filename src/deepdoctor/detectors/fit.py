@@ -144,7 +144,7 @@ def _overfitting(trace: Trace) -> list[Finding]:
 def _underfitting(trace: Trace, share: float) -> list[Finding]:
     ref, what = reference_loss(trace), "a chance-level"
     if ref is None:
-        var = trace.meta.get("target_var")
+        var = trace.facts.target_var
         ref, what = (
             (float(var), "the target variance")
             if isinstance(var, int | float) and var > 0

@@ -40,6 +40,9 @@ CRAWL_UPDATE = 1e-4  # ... the weights moved less than 1e-4 of their norm per st
 MIN_STEPS = 10  # fewer recorded steps than this: too short to judge a curve
 BAD_INIT_RATIO = 3.0  # step-0 loss over ln(classes): 3x means confidently wrong logits
 BAD_INIT_INFO = 1.5  # 1.5x: logits larger than a calibrated start, worth a note
+# Regression: step-0 MSE over the targets' variance (predicting their mean). Above 4 the
+# outputs spread twice the targets' scale; a default-initialised net starts near 1.
+BAD_INIT_MSE_RATIO = 4.0
 LOWER_LR_FIRST = ["lower_lr", "gradient_clipping", "lr_warmup"]
 
 
@@ -94,7 +97,7 @@ def _first_layer(trace: Trace, step: int | None) -> str | None:
 
 
 def _nonfinite(trace: Trace) -> list[Finding]:
-    at = dict(trace.meta.get("nonfinite_at") or {})
+    at = dict(trace.facts.nonfinite_at or {})
     step, what = _first_flag(trace)
     if not at and step is None:
         return []
@@ -130,7 +133,7 @@ def _nonfinite(trace: Trace) -> list[Finding]:
 
 
 def _blowup_factor(trace: Trace) -> float:
-    factor = trace.meta.get("blowup_factor", BLOWUP_FACTOR)
+    factor = trace.facts.blowup_factor
     return float(factor) if isinstance(factor, int | float) else BLOWUP_FACTOR
 
 
@@ -138,8 +141,7 @@ def _diverging(trace: Trace, loss: np.ndarray) -> list[Finding]:
     start = float(np.median(loss[: min(3, len(loss))]))
     peak = float(loss.max())
     factor = _blowup_factor(trace)
-    stop = trace.meta.get("stopped") or {}
-    if stop.get("reason") == "loss_blowup" or (start > 0 and peak > factor * start):
+    if trace.facts.stop_reason == "loss_blowup" or (start > 0 and peak > factor * start):
         step = int(
             trace.steps.steps[
                 int(np.nanargmax(np.where(np.isfinite(trace.loss()), trace.loss(), -np.inf)))
@@ -246,7 +248,7 @@ def _oscillating(loss: np.ndarray) -> list[Finding]:
 
 
 def _stalled(trace: Trace, loss: np.ndarray) -> list[Finding]:
-    if stopped_early(trace) and (trace.meta.get("stopped") or {}).get("reason") != "early_stopping":
+    if stopped_early(trace) and trace.facts.stop_reason != "early_stopping":
         return []
     drop = relative_drop(loss)
     # The fastest-moving layer's typical update: if even it crawls, the learning rate is small
@@ -294,17 +296,21 @@ def _stalled(trace: Trace, loss: np.ndarray) -> list[Finding]:
 
 def reference_loss(trace: Trace) -> float | None:
     """The loss of a calibrated start: ln(classes) for classification, None if unknown."""
-    k = trace.meta.get("n_classes")
-    task = trace.meta.get("task", "classification")
+    k = trace.facts.n_classes
+    task = trace.facts.task or "classification"
     if task in ("classification", "binary") and isinstance(k, int) and k >= 2:
         return math.log(k)
     return None
 
 
 def _bad_init(trace: Trace) -> list[Finding]:
-    ref = reference_loss(trace)
     loss = trace.loss()
-    if ref is None or len(loss) == 0 or not math.isfinite(loss[0]):
+    if len(loss) == 0 or not math.isfinite(loss[0]):
+        return []
+    if trace.facts.task == "regression":
+        return _bad_init_regression(trace, float(loss[0]))
+    ref = reference_loss(trace)
+    if ref is None:
         return []
     first = float(loss[0])
     ratio = first / ref
@@ -330,7 +336,7 @@ def _bad_init(trace: Trace) -> list[Finding]:
                 "expected_loss": round_sig(ref),
                 "ratio": round_sig(ratio),
                 "threshold": BAD_INIT_RATIO,
-                "n_classes": trace.meta.get("n_classes"),
+                "n_classes": trace.facts.n_classes,
             },
             remedies=(["standardize_inputs"] if unscaled else []) + ["xavier_init", "he_init"],
         )
@@ -342,3 +348,31 @@ def _inputs_unscaled(trace: Trace) -> bool:
 
     scale = input_scale(trace)
     return scale is not None and scale["unscaled"]
+
+
+def _bad_init_regression(trace: Trace, first: float) -> list[Finding]:
+    var = trace.facts.target_var
+    if not isinstance(var, int | float) or not var > 0:
+        return []
+    ratio = first / var
+    if not ratio > BAD_INIT_MSE_RATIO:
+        return []
+    return [
+        Finding(
+            kind="bad_init_loss",
+            severity="warning",
+            summary=(
+                f"The loss at initialisation is {first:.3g}, {ratio:.3g}x the variance of the "
+                f"targets ({var:.3g}, the loss of predicting their mean): the initial outputs "
+                "are far larger than the targets; shrink the initial weights or the output layer."
+            ),
+            evidence={
+                "init_loss": round_sig(first),
+                "target_var": round_sig(var),
+                "ratio": round_sig(ratio),
+                "threshold": BAD_INIT_MSE_RATIO,
+            },
+            remedies=(["standardize_inputs"] if _inputs_unscaled(trace) else [])
+            + ["xavier_init", "he_init"],
+        )
+    ]

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from ..experiment import Experiment
-from ..probe import activation_kind
+from ..stats import activation_kind
 from .base import Context, Prescription, Remedy, set_submodule, transform_model
 
 # Activations worth replacing: those that saturate or whose gradient fades for large inputs.

@@ -6,7 +6,7 @@ from torch import nn
 
 from ..experiment import Experiment
 from ..models import init_weights
-from ..probe import activation_kind
+from ..stats import activation_kind
 from .base import Context, Prescription, Remedy, transform_model
 
 

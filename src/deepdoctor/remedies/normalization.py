@@ -9,7 +9,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..experiment import Experiment
-from ..probe import activation_kind
+from ..stats import activation_kind
 from .base import (
     NORM_LAYERS,
     WEIGHT_LAYERS,

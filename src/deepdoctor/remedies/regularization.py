@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ..experiment import Experiment
-from ..probe import activation_kind
+from ..stats import activation_kind
 from .base import Context, Prescription, Remedy, record_change, set_submodule, transform_model
 from .optimization import base_factory
 

@@ -31,7 +31,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from ..experiment import Experiment
 from ..models import Residual
-from ..probe import activation_kind
+from ..stats import activation_kind
 from .base import NORM_LAYERS, WEIGHT_LAYERS, Context, Prescription, Remedy, transform_model
 
 

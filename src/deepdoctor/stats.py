@@ -1,0 +1,599 @@
+"""The per-layer statistics: one definition of every number the Probe and the checkup record.
+
+Everything that measures a model calls this module: the Probe during training, the checkup at
+initialisation (through the Probe), the integrations through the Probe. So a weight layer, a
+dead unit, a saturated unit, an input's scale and a gradient norm mean the same wherever they
+were measured, and the same numbers reach the same detectors.
+
+What is here:
+
+- the model's anatomy: ``parameter_layers`` (modules owning trainable parameters),
+  ``activation_kind`` (which nonlinearity a module is), ``is_weight_layer`` (a layer whose
+  weight matrix or kernel mixes its input: the layers depth is counted in), ``is_bias``;
+- ``ParameterIndex``: the watched parameters of each layer, flattened once, and the per-layer
+  gradient and weight norms read from them (``.grad``, or squared norms a caller measured);
+- ``ForwardWalk``: one observed forward pass in execution order: each layer's output mean
+  and std, each activation module's statistics and the layer that fed it, the input's scale;
+- the tensor statistics themselves: ``norms``, ``mean_std``, ``activation_stats``,
+  ``input_stats``, and ``gradient_sq_norms`` (gradient norms without writing ``.grad``).
+
+The rules for units:
+
+- dead (ReLU, ReLU6): a unit is dead on a step when its output is exactly zero for every
+  example in the batch (and every position, for convolutions and sequences). A unit is a
+  channel when the activation is fed by a convolution (or a batch / group norm after one)
+  and the last axis (a feature) elsewhere.
+- saturated (sigmoid, tanh, hardsigmoid, hardtanh): the fraction of outputs within 1% of
+  the output range from a bound, i.e. sigmoid outside (0.01, 0.99), |pre-activation| > 4.6,
+  and tanh with |output| > 0.98, |pre-activation| > 2.3. There the local slope is below 4%
+  of its peak (for both), so the gradient through the unit is all but gone.
+
+Statistics that do not apply to an activation are NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.modules.module import register_module_forward_hook
+
+ACT_STATS = ["act_mean", "act_std", "dead_frac", "saturated_frac", "nonfinite"]
+INPUT_STATS = ["mean", "std", "feature_mean_absmax", "feature_std_max", "feature_std_min"]
+
+# Activation module class -> the name deepdoctor uses for it.
+ACTIVATION_KINDS: dict[type[nn.Module], str] = {
+    nn.Sigmoid: "sigmoid",
+    nn.Tanh: "tanh",
+    nn.ReLU: "relu",
+    nn.ReLU6: "relu6",
+    nn.LeakyReLU: "leaky_relu",
+    nn.PReLU: "prelu",
+    nn.ELU: "elu",
+    nn.SELU: "selu",
+    nn.CELU: "celu",
+    nn.SiLU: "silu",
+    nn.GELU: "gelu",
+    nn.Softplus: "softplus",
+    nn.Hardtanh: "hardtanh",
+    nn.Hardsigmoid: "hardsigmoid",
+    nn.Mish: "mish",
+}
+DYING_ACTIVATIONS = {"relu", "relu6"}  # exactly zero gradient for every negative input
+# Saturating activations: (lower bound, upper bound) of the output.
+SATURATING_BOUNDS = {
+    "sigmoid": (0.0, 1.0),
+    "tanh": (-1.0, 1.0),
+    "hardsigmoid": (0.0, 1.0),
+    "hardtanh": (-1.0, 1.0),
+}
+# Below this a float32 norm may have lost entries whose squares underflow (|x| < ~1e-19).
+TINY_NORM = 1e-15
+SATURATION_MARGIN = 0.01  # within 1% of the output range from a bound counts as saturated
+
+CONV_TYPES = (
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+)
+# Layers whose output keeps the channel on axis 1: an activation they feed has channel units.
+CHANNEL_FIRST_TYPES = CONV_TYPES + (
+    nn.modules.batchnorm._BatchNorm,
+    nn.GroupNorm,
+    nn.modules.instancenorm._InstanceNorm,
+)
+# Layers whose weights carry the signal through the network, so depth is counted in them.
+# Norm layers (their affine parameters are scale-free by design), embeddings (sparse rows)
+# and parameter holders such as positional encodings are not: their gradient scale says
+# nothing about depth. A module of another type counts when it owns a trainable parameter
+# of two or more axes (a weight matrix or kernel) and is not a norm or an embedding.
+WEIGHT_LAYER_TYPES = (
+    nn.Linear,
+    nn.Bilinear,
+    nn.modules.conv._ConvNd,
+    nn.RNNBase,
+    nn.MultiheadAttention,
+)
+NOT_WEIGHT_LAYER_TYPES = (
+    nn.modules.batchnorm._NormBase,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.Embedding,
+    nn.EmbeddingBag,
+)
+ROOT_NAME = "(model)"
+
+
+def _torch_names(types: tuple[type, ...]) -> frozenset[str]:
+    return frozenset(
+        cls.__name__
+        for cls in vars(nn).values()
+        if isinstance(cls, type) and issubclass(cls, types) and not cls.__name__.startswith("_")
+    )
+
+
+# The same rule by class name, for a Trace that records only its layers' type names (one
+# built by hand, or saved before traces recorded their weight layers).
+WEIGHT_LAYER_TYPE_NAMES = _torch_names(WEIGHT_LAYER_TYPES)
+
+
+# -- anatomy --------------------------------------------------------------------------------
+
+
+def activation_kind(module: nn.Module) -> str | None:
+    """The activation a module applies (``relu``, ``sigmoid`` ...), or None."""
+    for cls, kind in ACTIVATION_KINDS.items():
+        if isinstance(module, cls):
+            return kind
+    return None
+
+
+def is_bias(name: str) -> bool:
+    """A parameter counts as a bias when its name says so; every other one is a weight."""
+    return "bias" in name
+
+
+def is_weight_layer(module: nn.Module) -> bool:
+    """True for a layer whose weight matrix or kernel mixes its input (see
+    ``WEIGHT_LAYER_TYPES``): the layers in which depth is counted."""
+    if isinstance(module, WEIGHT_LAYER_TYPES):
+        return True
+    if isinstance(module, NOT_WEIGHT_LAYER_TYPES):
+        return False
+    return any(p.dim() >= 2 for p in module.parameters(recurse=False) if p.requires_grad)
+
+
+def parameter_layers(model: nn.Module) -> tuple[dict[str, nn.Module], list[str]]:
+    """Modules that own trainable parameters directly, by module path; and frozen params.
+
+    Raises a ValueError when the model has no trainable parameter at all.
+    """
+    layers: dict[str, nn.Module] = {}
+    frozen: list[str] = []
+    for name, module in model.named_modules():
+        own = list(module.named_parameters(recurse=False))
+        if not own:
+            continue
+        trainable = [p for _, p in own if p.requires_grad]
+        frozen += [f"{name}.{pname}" if name else pname for pname, p in own if not p.requires_grad]
+        if trainable:
+            layers[name or ROOT_NAME] = module
+    if not layers:
+        if frozen:
+            raise ValueError(
+                f"every parameter of this model is frozen ({len(frozen)} tensors with "
+                "requires_grad=False); unfreeze the ones you want to train"
+            )
+        raise ValueError(
+            "this model has no parameters, so there is nothing to train or diagnose; "
+            "pass a model built from layers with weights (nn.Linear, nn.Conv2d, ...)"
+        )
+    return layers, frozen
+
+
+def activation_modules(model: nn.Module) -> dict[str, tuple[nn.Module, str]]:
+    """Activation modules by module path, with their kind."""
+    acts: dict[str, tuple[nn.Module, str]] = {}
+    for name, module in model.named_modules():
+        kind = activation_kind(module)
+        if kind is not None:
+            acts[name or ROOT_NAME] = (module, kind)
+    return acts
+
+
+def forward_ordered(registered: list[str], ran: list[str]) -> list[str]:
+    """``registered`` layers in the order the forward ran them (``ran``).
+
+    A layer the forward did not call as a module (e.g. attention's out_proj, used
+    functionally) goes right after the nearest earlier registered layer.
+    """
+    ordered = [name for name in ran if name in registered]
+    for i, name in enumerate(registered):
+        if name in ordered:
+            continue
+        prev = next((registered[j] for j in range(i - 1, -1, -1) if registered[j] in ordered), None)
+        ordered.insert(ordered.index(prev) + 1 if prev else 0, name)
+    return ordered
+
+
+# -- tensor statistics ------------------------------------------------------------------------
+
+
+def norms(tensors: Sequence[torch.Tensor]) -> list[float]:
+    """L2 norms of the tensors, with one host sync; tiny ones recomputed in float64.
+
+    A float32 norm squares the entries, and squares of entries below ~1e-19 underflow, so a
+    vanishing gradient of 1e-23 would read as exactly 0. Norms below ``TINY_NORM`` are
+    therefore recomputed in float64 (good down to ~1e-154). Only those: a float64 norm of
+    every tensor costs ten times as much.
+    """
+    if not tensors:
+        return []
+    values = torch.stack(torch._foreach_norm(list(tensors))).float().tolist()
+    tiny = [i for i, v in enumerate(values) if v < TINY_NORM]  # NaN compares False: stays
+    if tiny:
+        exact = torch._foreach_norm([tensors[i] for i in tiny], 2, dtype=torch.float64)
+        for i, v in zip(tiny, torch.stack(exact).tolist(), strict=True):
+            values[i] = v
+    return values
+
+
+def mean_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and sample standard deviation (0 for a single element) of a float tensor.
+
+    Two passes: the mean, then the sum of squared deviations from it (cascade-summed, as
+    accurate as ``Tensor.std``). ``Tensor.std`` runs Welford's update element by element,
+    3-4x slower on a CPU; a one-pass sum of squares would be faster still but loses every
+    digit when the mean is large against the spread. One difference: deviations past ~1e19
+    square beyond float32's range and read inf, where ``Tensor.std`` stays finite.
+    """
+    mean = x.mean()
+    if x.numel() < 2:
+        return mean, x.new_zeros(())
+    dev = x - mean
+    dev.square_()
+    return mean, (dev.sum() / (x.numel() - 1)).sqrt()
+
+
+def activation_stats(output: torch.Tensor, kind: str, conv_like: bool) -> torch.Tensor:
+    """The ``ACT_STATS`` of one activation output as a tensor (NaN where a rule does not
+    apply), so a caller can gather many layers and read them back with one host sync."""
+    with torch.no_grad():
+        x = output.detach().float()
+        nan = x.new_full((), math.nan)
+        dead = sat = nan
+        if kind in DYING_ACTIVATIONS and x.dim() >= 2:
+            unit = 1 if conv_like else x.dim() - 1
+            # ReLU outputs are >= 0, so a unit is alive when its largest output is above 0
+            # (a max over every other axis: no copy, a third of the cost of != 0 / any).
+            peak = x.amax(dim=[d for d in range(x.dim()) if d != unit])
+            dead = (peak <= 0).float().mean()
+        if kind in SATURATING_BOUNDS:
+            lo, hi = SATURATING_BOUNDS[kind]
+            margin = SATURATION_MARGIN * (hi - lo)
+            sat = ((x < lo + margin) | (x > hi - margin)).float().mean()
+        mean, std = mean_std(x)
+        # A NaN or Inf anywhere makes the mean NaN or Inf; so does a sum past float32's
+        # range (~3e38), which is as good as infinite. Cheaper than isfinite(x).all().
+        return torch.stack([mean, std, dead, sat, (~torch.isfinite(mean)).float()])
+
+
+def input_stats(x: torch.Tensor) -> torch.Tensor | None:
+    """The ``INPUT_STATS`` of an input batch: mean, std, feature_mean_absmax,
+    feature_std_max, feature_std_min (a feature is a channel when the input has more than two
+    axes); None when they do not apply (integer inputs such as token ids, or fewer than two
+    examples)."""
+    if not x.is_floating_point() or x.dim() < 2 or x.shape[0] < 2:
+        return None
+    with torch.no_grad():
+        x = x.detach().float()
+        flat = (
+            x.reshape(x.shape[0], -1)
+            if x.dim() == 2
+            else x.transpose(0, 1).reshape(x.shape[1], -1).T
+        )
+        fmean = flat.mean(0)
+        fstd = flat.std(0)
+        return torch.stack([x.mean(), x.std(), fmean.abs().max(), fstd.max(), fstd.min()])
+
+
+def gradient_sq_norms(loss: torch.Tensor, params: Sequence[torch.Tensor]) -> list[float]:
+    """The squared norm of each parameter's gradient of ``loss`` (NaN for unused ones),
+    without writing ``.grad``.
+
+    Each parameter's hook takes the norm (in float64: a vanishing gradient of 1e-23 squares
+    below float32's range) and hands autograd a zero of no size in place of the gradient,
+    so no more than a layer's gradient is alive at a time: the pass needs less memory than a
+    training step, which keeps every gradient.
+    """
+    found: dict[int, torch.Tensor] = {}
+    zeros: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+
+    def make_hook(i: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        def hook(grad: torch.Tensor) -> torch.Tensor:
+            # autograd runs hooks with grad mode off: no graph is recorded here
+            found[i] = torch.linalg.vector_norm(grad, dtype=torch.float64)
+            key = (grad.dtype, grad.device)
+            if key not in zeros:
+                zeros[key] = grad.new_zeros(())
+            return zeros[key].expand_as(grad)
+
+        return hook
+
+    handles = [p.register_hook(make_hook(i)) for i, p in enumerate(params)]
+    try:
+        torch.autograd.grad(loss, list(params), allow_unused=True)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not found:
+        return [math.nan] * len(params)
+    device = next(iter(found.values())).device
+    read = torch.stack([n.to(device) for n in found.values()]).tolist()
+    values = dict(zip(found, read, strict=True))
+    return [values[i] ** 2 if i in values else math.nan for i in range(len(params))]
+
+
+# -- per-layer norms ----------------------------------------------------------------------------
+
+
+class ParameterIndex:
+    """The trainable parameters of each layer, flattened once in layer order.
+
+    ``read()`` gives the per-layer rows of the Trace's layer table: the weight-gradient norm
+    (parameters that are not biases), the bias-gradient norm, and the weight norm over all of
+    the layer's trainable parameters, bias included.
+    """
+
+    def __init__(self, layers: Mapping[str, nn.Module]) -> None:
+        self.layer_params: dict[str, list[tuple[str, nn.Parameter]]] = {
+            name: [(n, p) for n, p in m.named_parameters(recurse=False) if p.requires_grad]
+            for name, m in layers.items()
+        }
+        self._flatten()
+
+    def _flatten(self) -> None:
+        flat = [
+            (p, i, is_bias(n)) for i, ps in enumerate(self.layer_params.values()) for n, p in ps
+        ]
+        self.params: list[torch.Tensor] = [p for p, _, _ in flat]
+        self.layer_of = [i for _, i, _ in flat]
+        self.bias = [b for _, _, b in flat]
+        self.ids = {id(p) for p in self.params}
+
+    def reorder(self, names: Sequence[str]) -> None:
+        self.layer_params = {n: self.layer_params[n] for n in names}
+        self._flatten()
+
+    def read(self, grad_sq: Sequence[float] | None = None) -> tuple[dict[str, list[float]], bool]:
+        """The per-layer norm rows, and whether any gradient was NaN or Inf.
+
+        ``grad_sq``: squared gradient norms per parameter (``self.params`` order, NaN for a
+        parameter without one) measured by the caller; by default the norms of ``.grad``.
+        One host sync either way.
+        """
+        n = len(self.layer_params)
+        if grad_sq is None:
+            grads = [p.grad for p in self.params]
+            present = [j for j, g in enumerate(grads) if g is not None]
+            live = [g for g in grads if g is not None]
+            with torch.no_grad():
+                values = norms([*live, *self.params])
+            grad_values = values[: len(present)]
+            squares = {j: v * v for j, v in zip(present, grad_values, strict=True)}
+            weight_values = values[len(present) :]
+        else:
+            squares = {j: v for j, v in enumerate(grad_sq) if not math.isnan(v)}
+            grad_values = list(squares.values())
+            with torch.no_grad():
+                weight_values = norms(self.params)
+        w_sq = [math.nan] * n
+        b_sq = [math.nan] * n
+        for j, sq in squares.items():
+            row = b_sq if self.bias[j] else w_sq
+            i = self.layer_of[j]
+            row[i] = sq if math.isnan(row[i]) else row[i] + sq
+        weight_sq = [0.0] * n
+        for i, v in zip(self.layer_of, weight_values, strict=True):
+            weight_sq[i] += v * v
+        nonfinite = any(not math.isfinite(v) for v in grad_values)
+        return {
+            "grad_norm_weight": [math.sqrt(v) for v in w_sq],
+            "grad_norm_bias": [math.sqrt(v) for v in b_sq],
+            "weight_norm": [math.sqrt(v) for v in weight_sq],
+        }, nonfinite
+
+
+# -- one observed forward pass ------------------------------------------------------------------
+
+
+@dataclass
+class WalkResult:
+    """What one forward pass showed, as floats."""
+
+    order: list[str] = field(default_factory=list)  # parameter layers in the order they ran
+    act_order: list[str] = field(default_factory=list)  # activation modules likewise
+    act_sources: dict[str, str | None] = field(default_factory=dict)  # activation -> feeder
+    outputs: dict[str, list[float]] = field(default_factory=dict)  # layer -> [mean, std]
+    acts: dict[str, list[float]] = field(default_factory=dict)  # activation -> ACT_STATS
+    input: list[float] | None = None  # INPUT_STATS of the first input
+
+
+class ForwardWalk:
+    """Observe one forward pass of ``model``: a context manager around the forward call.
+
+    One global module hook (not one per module: a module with its own hook takes torch's
+    slow call path, and a global one is there only while the walk is) sees every module in
+    execution order. For each parameter layer it keeps the output's mean and std, for each
+    activation module its ``ACT_STATS`` and the parameter layer that ran last before it (its
+    source). The statistics stay tensors until ``read()``, which brings them back with one
+    host sync. A module that runs twice is measured the first time.
+    """
+
+    def __init__(
+        self, layers: Mapping[str, nn.Module], acts: Mapping[str, tuple[nn.Module, str]]
+    ) -> None:
+        self._layers = dict(layers)
+        self._layer_of = {m: n for n, m in layers.items()}
+        self._last_layer: str | None = None  # the parameter layer that ran most recently
+        self._act_of = {m: (n, kind) for n, (m, kind) in acts.items()}
+        self._handle: Any = None
+        self._outputs: dict[str, torch.Tensor] = {}
+        self._acts: dict[str, torch.Tensor] = {}
+        self._input: torch.Tensor | None = None
+        self.result = WalkResult()
+
+    def __enter__(self) -> ForwardWalk:
+        self._handle = register_module_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+    def record_input(self, x: Any) -> None:
+        if isinstance(x, torch.Tensor):
+            self._input = input_stats(x)
+
+    def _hook(self, module: nn.Module, args: Any, output: Any) -> None:
+        res = self.result
+        name = self._layer_of.get(module)
+        if name is not None:
+            self._last_layer = name
+            if name in res.order:
+                return
+            res.order.append(name)
+            out = output[0] if isinstance(output, tuple | list) else output
+            if isinstance(out, torch.Tensor) and out.is_floating_point():
+                self._outputs[name] = torch.stack(mean_std(out.detach().float()))
+            return
+        act = self._act_of.get(module)
+        if act is None or not isinstance(output, torch.Tensor):
+            return
+        aname, kind = act
+        if aname in self._acts:
+            return
+        src = self._last_layer
+        res.act_order.append(aname)
+        res.act_sources[aname] = src
+        conv_like = isinstance(self._layers.get(src or ""), CHANNEL_FIRST_TYPES)
+        self._acts[aname] = activation_stats(output, kind, conv_like)
+
+    def read(self) -> WalkResult:
+        """The statistics as floats (one host sync)."""
+        res = self.result
+        tensors = [*self._outputs.values(), *self._acts.values()]
+        if self._input is not None:
+            tensors.append(self._input)
+        if tensors:
+            device = tensors[0].device
+            values = torch.cat([t.reshape(-1).to(device) for t in tensors]).tolist()
+            k = 0
+            for name in self._outputs:
+                res.outputs[name] = values[k : k + 2]
+                k += 2
+            for name in self._acts:
+                res.acts[name] = values[k : k + len(ACT_STATS)]
+                k += len(ACT_STATS)
+            if self._input is not None:
+                res.input = values[k : k + len(INPUT_STATS)]
+        self._outputs, self._acts, self._input = {}, {}, None
+        return res
+
+
+# -- what the targets say about the task ----------------------------------------------------------
+
+
+def output_tensor(output: Any) -> torch.Tensor | None:
+    """The prediction tensor in a forward's output: the tensor itself, a dict's (or a
+    Hugging Face ``ModelOutput``'s) ``logits``, or the first tensor of a tuple; None when
+    there is none."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, Mapping):
+        for key in ("logits", "out", "output"):
+            if isinstance(output.get(key), torch.Tensor):
+                return output[key]
+        return None
+    if isinstance(output, tuple | list):
+        return next((o for o in output if isinstance(o, torch.Tensor)), None)
+    return None
+
+
+def class_axis(prediction: torch.Size, targets: torch.Size) -> int | None:
+    """Which axis of a prediction holds the classes of per-position class targets: 1 for
+    (batch, classes, ...) against (batch, ...), the last for (batch, time, classes) against
+    (batch, time); None when the shapes do not fit either."""
+    if len(prediction) != len(targets) + 1:
+        return None
+    if prediction[:1] + prediction[2:] == targets:
+        return 1
+    if prediction[:-1] == targets:
+        return len(prediction) - 1
+    return None
+
+
+IGNORE_INDEX = -100  # torch's and Hugging Face's label for a position that does not count
+
+
+class TargetTally:
+    """The task, the classes and their counts (or the targets' variance), from the targets
+    of the batches a run sees.
+
+    Counts accumulate on the targets' device and are read back only by ``facts()``, so
+    tallying costs no host sync per step. Label positions marked ``IGNORE_INDEX`` (padding,
+    prompt tokens) are not counted.
+    """
+
+    def __init__(self, task: str | None = None) -> None:
+        self.task = task
+        self.n_classes: int | None = None
+        self._counts: torch.Tensor | None = None
+        self._moments: torch.Tensor | None = None  # n, sum, sum of squares (float64)
+
+    def add(self, targets: torch.Tensor, prediction: torch.Size | None = None) -> None:
+        y = targets.detach()
+        if self.task is None:
+            self.task = _infer_task(y, prediction)
+        if self.task in ("classification", "binary"):
+            self._add_labels(y, prediction)
+        else:
+            v = y.double().reshape(-1)
+            m = torch.stack([v.new_tensor(float(v.numel())), v.sum(), (v * v).sum()])
+            self._moments = m if self._moments is None else self._moments + m
+
+    def _add_labels(self, y: torch.Tensor, prediction: torch.Size | None) -> None:
+        labels = (y > 0.5).long().reshape(-1) if self.task == "binary" else y.long().reshape(-1)
+        axis = class_axis(prediction, y.shape) if prediction is not None else None
+        if self.task == "binary":
+            n = 2
+        elif axis is not None and prediction is not None:
+            n = int(prediction[axis])
+        else:  # no prediction to read the classes from: the labels seen (one host sync)
+            n = int(labels.max()) + 1 if labels.numel() else 0
+        n = max(n, self.n_classes or 0)
+        # Ignored positions and out-of-range labels land in bin n, which facts() drops.
+        bins = torch.where(labels >= 0, labels, n).clamp(max=n)
+        counts = torch.zeros(n + 1, dtype=torch.long, device=y.device)
+        counts.scatter_add_(0, bins, torch.ones_like(bins))
+        if self._counts is not None:
+            old = len(self._counts) - 1
+            counts[:old] += self._counts[:old]
+            counts[n] += self._counts[old]
+        self._counts, self.n_classes = counts, n
+
+    def facts(self) -> dict[str, Any]:
+        """Task, n_classes, class_counts or target_var, and chance_loss (one host sync)."""
+        out: dict[str, Any] = {"task": self.task}
+        if self._counts is not None:
+            counts = self._counts.tolist()[:-1]
+            out.update(n_classes=len(counts), class_counts=counts)
+            if len(counts) >= 2:
+                out["chance_loss"] = math.log(len(counts))
+        if self._moments is not None:
+            n, total, squares = self._moments.tolist()
+            if n > 1:
+                var = (squares - total * total / n) / (n - 1)
+                out.update(target_var=max(0.0, var), chance_loss=max(0.0, var))
+        return out
+
+
+def _infer_task(y: torch.Tensor, prediction: torch.Size | None) -> str:
+    """classification for integer targets; binary for float 0/1 targets against one logit per
+    example; regression otherwise."""
+    if not y.is_floating_point():
+        return "classification"
+    one_logit = prediction is not None and (
+        tuple(prediction) == tuple(y.shape) or tuple(prediction) == (*y.shape, 1)
+    )
+    if one_logit and bool(((y == 0) | (y == 1)).all()):
+        return "binary"
+    return "regression"
