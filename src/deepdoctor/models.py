@@ -16,7 +16,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ._checks import check_choice, check_fraction, check_int
+from .checks import check_choice, check_fraction, check_int
+from .stats import WEIGHT_LAYER_TYPES
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "sigmoid": nn.Sigmoid,
@@ -80,8 +81,9 @@ def _gain(activation: str) -> float:
     return 1.0
 
 
-# Attention owns its q/k/v projection (in_proj_weight) directly, so it is a target too.
-INIT_TARGETS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.RNNBase, nn.MultiheadAttention)
+# The weight layers (one definition, deepdoctor.stats); attention owns its q/k/v projection
+# (in_proj_weight) directly, so it is one too.
+INIT_TARGETS = WEIGHT_LAYER_TYPES
 
 
 def init_weights(model: nn.Module, init: str, activation: str = "relu") -> nn.Module:

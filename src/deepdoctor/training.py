@@ -483,108 +483,148 @@ def train(
         early_stopping = check_int("early_stopping", early_stopping, minimum=1)
 
     torch.manual_seed(seed)
-    X_probe, y_probe = loader_tensors(train, TRAIN_EVAL_SAMPLES)
-    task = infer_task(y_probe, loss_fn)
-    loss_fn = loss_fn if loss_fn is not None else default_loss(y_probe)
-    val_tensors = loader_tensors(val) if val is not None else None
-    opt = make_optimizer(optimizer, model)
-    base_lrs = [g["lr"] for g in opt.param_groups]
-    factor = schedule_factor(schedule, steps, warmup_steps)
-
-    history = History(task=task)
-    state = TrainState(model=model, optimizer=opt, history=history)
-    best_val, best_state, since_best = math.inf, None, 0
+    run = _Run(model, train, val, loss_fn, optimizer, callbacks, probe, clip_grad, early_stopping)
+    run.factor = schedule_factor(schedule, steps, warmup_steps)
     stream = batches(train, batch_size, seed)
     model.train()
-    _call(callbacks, "on_train_start", state)
-
-    def run_eval(step: int) -> dict[str, float]:
-        tl, ta = evaluate(model, X_probe, y_probe, loss_fn, task)
-        metrics = {"step": float(step), "train_loss": tl, "train_accuracy": ta}
-        if val_tensors is not None:
-            vl, va = evaluate(model, *val_tensors, loss_fn, task)
-            metrics.update(val_loss=vl, val_accuracy=va)
-        history.evals.append(metrics)
-        if probe is not None:
-            probe.record_eval(step=step, **{k: v for k, v in metrics.items() if k != "step"})
-        _call(callbacks, "on_eval", state, metrics)
-        return metrics
-
-    with progress_bar(
-        steps, progress if isinstance(progress, str) else "training", enabled=bool(progress)
-    ) as bar:
+    _call(callbacks, "on_train_start", run.state)
+    label = progress if isinstance(progress, str) else "training"
+    with progress_bar(steps, label, enabled=bool(progress)) as bar:
         try:
             for step in range(steps):
-                state.step = step
-                for g, base in zip(opt.param_groups, base_lrs, strict=True):
-                    g["lr"] = base * factor(step)
                 xb, yb = next(stream)
-                if augment is not None:
-                    xb = augment(xb)
-                yb = targets_for(yb, task)
-                state.batch = (xb, yb)
-                out = fit_output(logits_of(_forward(model, xb, yb)), yb, task)
-                loss = compute_loss(loss_fn, out, yb)
-                state.loss = loss
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    history.loss.append(value)
-                    history.stopped, history.stop_step = "nonfinite_loss", step
-                    # This step has no gradients: drop the previous step's, so the probe
-                    # does not record them as this step's.
-                    opt.zero_grad(set_to_none=True)
-                    if probe is not None:
-                        probe.record_loss(value)
-                        probe.end_step()
-                        probe.trace.facts.nonfinite_at = {
-                            "step": step,
-                            **probe.locate_nonfinite(xb),
-                        }
+                if not run.step(step, xb if augment is None else augment(xb), yb):
                     break
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                _call(callbacks, "on_after_backward", state)
-                if clip_grad is not None:
-                    norm = float(nn.utils.clip_grad_norm_(model.parameters(), clip_grad))
-                    history.clipped.append(norm > clip_grad)
-                else:
-                    norm = math.nan
-                history.grad_norm.append(norm)
-                opt.step()
-                if probe is not None:
-                    probe.record_loss(value)
-                history.loss.append(value)
-                history.lr.append(float(opt.param_groups[0]["lr"]))
-                history.steps = step + 1
-                _call(callbacks, "on_step_end", state)
-                bar.advance(loss=value)
-                if (step + 1) % eval_every == 0 or step + 1 == steps:
-                    metrics = run_eval(step + 1)
-                    current = metrics.get("val_loss", metrics["train_loss"])
-                    if early_stopping is not None:
-                        if current < best_val:
-                            best_val, since_best = current, 0
-                            best_state = copy.deepcopy(model.state_dict())
-                            history.best_step = step + 1
-                        else:
-                            since_best += 1
-                            if since_best >= early_stopping:
-                                state.stop = "early_stopping"
-                if state.stop:
-                    history.stopped, history.stop_step = state.stop, step + 1
+                bar.advance(loss=run.history.loss[-1])
+                if ((step + 1) % eval_every == 0 or step + 1 == steps) and run.evaluate_and_judge(
+                    step + 1
+                ):
                     break
         except KeyboardInterrupt:
-            history.stopped, history.stop_step = "interrupted", history.steps
-    if best_state is not None and history.stopped == "early_stopping":
-        model.load_state_dict(best_state)
-    if history.steps and (not history.evals or history.evals[-1]["step"] != history.steps):
-        # Every run ends with its final metrics, however it stopped (interrupted, NaN, or a
-        # callback such as diagnose's blow-up stop): a run that blew up before its first
-        # evaluation must still score, NaN for a NaN model.
-        with contextlib.suppress(KeyboardInterrupt):
-            run_eval(history.steps)
-    if probe is not None:
-        probe.trace.facts.stop_reason = history.stopped
-        probe.trace.facts.stop_step = history.stop_step
-    _call(callbacks, "on_train_end", state)
-    return history
+            run.history.stopped, run.history.stop_step = "interrupted", run.history.steps
+    return run.finish()
+
+
+class _Run:
+    """One training run's state and its three moves: a step, an evaluation, the end."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train: Any,
+        val: Any,
+        loss_fn: Callable[..., torch.Tensor] | None,
+        optimizer: OptimizerSpec,
+        callbacks: Sequence[Any],
+        probe: Any,
+        clip_grad: float | None,
+        early_stopping: int | None,
+    ) -> None:
+        self.model, self.callbacks, self.probe = model, callbacks, probe
+        self.clip_grad, self.early_stopping = clip_grad, early_stopping
+        self.X_probe, self.y_probe = loader_tensors(train, TRAIN_EVAL_SAMPLES)
+        self.task = infer_task(self.y_probe, loss_fn)
+        self.loss_fn = loss_fn if loss_fn is not None else default_loss(self.y_probe)
+        self.val_tensors = loader_tensors(val) if val is not None else None
+        self.opt = make_optimizer(optimizer, model)
+        self.base_lrs = [g["lr"] for g in self.opt.param_groups]
+        self.factor: Callable[[int], float] = lambda step: 1.0
+        self.history = History(task=self.task)
+        self.state = TrainState(model=model, optimizer=self.opt, history=self.history)
+        self.best_val, self.since_best = math.inf, 0
+        self.best_state: dict[str, Any] | None = None
+
+    def step(self, step: int, xb: torch.Tensor, yb: torch.Tensor) -> bool:
+        """One optimizer step; False when the loss came out NaN or Inf (the run stops)."""
+        state, history, opt = self.state, self.history, self.opt
+        state.step = step
+        for g, base in zip(opt.param_groups, self.base_lrs, strict=True):
+            g["lr"] = base * self.factor(step)
+        yb = targets_for(yb, self.task)
+        state.batch = (xb, yb)
+        out = fit_output(logits_of(_forward(self.model, xb, yb)), yb, self.task)
+        loss = compute_loss(self.loss_fn, out, yb)
+        state.loss = loss
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            self._stop_at_nonfinite(step, value, xb)
+            return False
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        _call(self.callbacks, "on_after_backward", state)
+        if self.clip_grad is not None:
+            norm = float(nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad))
+            history.clipped.append(norm > self.clip_grad)
+        else:
+            norm = math.nan
+        history.grad_norm.append(norm)
+        opt.step()
+        if self.probe is not None:
+            self.probe.record_loss(value)
+        history.loss.append(value)
+        history.lr.append(float(opt.param_groups[0]["lr"]))
+        history.steps = step + 1
+        _call(self.callbacks, "on_step_end", state)
+        if state.stop:
+            history.stopped, history.stop_step = state.stop, step + 1
+        return not state.stop
+
+    def _stop_at_nonfinite(self, step: int, value: float, xb: torch.Tensor) -> None:
+        self.history.loss.append(value)
+        self.history.stopped, self.history.stop_step = "nonfinite_loss", step
+        # This step has no gradients: drop the previous step's, so the probe does not record
+        # them as this step's.
+        self.opt.zero_grad(set_to_none=True)
+        if self.probe is not None:
+            self.probe.record_loss(value)
+            self.probe.end_step()
+            self.probe.trace.facts.nonfinite_at = {
+                "step": step,
+                **self.probe.locate_nonfinite(xb),
+            }
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        tl, ta = evaluate(self.model, self.X_probe, self.y_probe, self.loss_fn, self.task)
+        metrics = {"step": float(step), "train_loss": tl, "train_accuracy": ta}
+        if self.val_tensors is not None:
+            vl, va = evaluate(self.model, *self.val_tensors, self.loss_fn, self.task)
+            metrics.update(val_loss=vl, val_accuracy=va)
+        self.history.evals.append(metrics)
+        if self.probe is not None:
+            self.probe.record_eval(step=step, **{k: v for k, v in metrics.items() if k != "step"})
+        _call(self.callbacks, "on_eval", self.state, metrics)
+        return metrics
+
+    def evaluate_and_judge(self, step: int) -> bool:
+        """Evaluate after ``step`` steps; True when the run stops here (early stopping, or
+        a callback asked to stop)."""
+        metrics = self.evaluate(step)
+        current = metrics.get("val_loss", metrics["train_loss"])
+        if self.early_stopping is not None:
+            if current < self.best_val:
+                self.best_val, self.since_best = current, 0
+                self.best_state = copy.deepcopy(self.model.state_dict())
+                self.history.best_step = step
+            else:
+                self.since_best += 1
+                if self.since_best >= self.early_stopping:
+                    self.state.stop = "early_stopping"
+        if self.state.stop:
+            self.history.stopped, self.history.stop_step = self.state.stop, step
+        return bool(self.state.stop)
+
+    def finish(self) -> History:
+        history = self.history
+        if self.best_state is not None and history.stopped == "early_stopping":
+            self.model.load_state_dict(self.best_state)
+        if history.steps and (not history.evals or history.evals[-1]["step"] != history.steps):
+            # Every run ends with its final metrics, however it stopped (interrupted, NaN, or
+            # a callback such as diagnose's blow-up stop): a run that blew up before its first
+            # evaluation must still score, NaN for a NaN model.
+            with contextlib.suppress(KeyboardInterrupt):
+                self.evaluate(history.steps)
+        if self.probe is not None:
+            self.probe.trace.facts.stop_reason = history.stopped
+            self.probe.trace.facts.stop_step = history.stop_step
+        _call(self.callbacks, "on_train_end", self.state)
+        return history

@@ -113,5 +113,7 @@ def forward_calls(
     return calls
 
 
+# The weight layers (stats.is_weight_layer) that a norm layer can follow and a residual block
+# can end with: the ones whose output has a known feature or channel count.
 WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 NORM_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm)
