@@ -216,6 +216,9 @@ def treatment_dict() -> dict[str, Any]:
             {
                 "remedies": ["relu_activation", "he_init"],
                 "stage": "verify",
+                "round": 1,
+                "status": "kept",
+                "reason": None,
                 "steps": 60,
                 "metrics": after,
                 "score": 0.91,
@@ -228,6 +231,9 @@ def treatment_dict() -> dict[str, Any]:
             {
                 "remedies": ["adam"],
                 "stage": "screen",
+                "round": 1,
+                "status": "no_gain",
+                "reason": None,
                 "steps": 15,
                 "metrics": {"val_accuracy": 0.11},
                 "score": 0.11,

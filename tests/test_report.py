@@ -303,6 +303,11 @@ def test_real_checkup_result_validates_and_renders(validator: Any) -> None:
     assert f"{data['complexity']['total']['params']:,}" in page
 
 
+BUDGET_LEFT = (
+    "the budget left (0.8 runs) is less than this screen and its verification need (1.2 runs)"
+)
+
+
 def test_real_treatment_to_dict_validates_and_renders(validator: Any) -> None:
     treat = pytest.importorskip("deepdoctor.treat", reason="treat has not landed")
     import torch
@@ -323,8 +328,17 @@ def test_real_treatment_to_dict_validates_and_renders(validator: Any) -> None:
         before={"train_loss": 2.2, "train_accuracy": 0.2},
         after=metrics,
         trials=[
-            treat.Trial(["adam"], "verify", 4, metrics, 0.9, 0.2, True, True),
-            treat.Trial(["he_init"], "screen", error="not tried: budget"),
+            treat.Trial(
+                ["adam"],
+                "verify",
+                "kept",
+                steps=4,
+                metrics=metrics,
+                score=0.9,
+                baseline_score=0.2,
+            ),
+            treat.Trial(["he_init"], "screen", "not_tried", reason=BUDGET_LEFT),
+            treat.Trial(["adam"], "screen", "error", round=2, error="RuntimeError: boom"),
         ],
         model=torch.nn.Linear(2, 2),
         findings=[],
@@ -341,7 +355,9 @@ def test_real_treatment_to_dict_validates_and_renders(validator: Any) -> None:
     assert [f"{e.json_path}: {e.message}" for e in validator.iter_errors(data)] == []
     page = render_html(data)
     assert "verified and kept: training accuracy 90.0% vs 20.0% untreated, +70.0 points" in page
-    assert "<td>not tried: budget</td>" in page and "failed:" not in page
+    assert f"<td>not tried: {BUDGET_LEFT}</td>" in page
+    assert "<td>screen (round 2)</td>" in page and "<td>failed: RuntimeError: boom</td>" in page
+    assert [t["status"] for t in data["trials"]] == ["kept", "not_tried", "error"]
 
 
 class _Saved(Result):

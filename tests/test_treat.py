@@ -17,7 +17,8 @@ from deepdoctor.cli import main
 from deepdoctor.presets import get_preset, sgd
 from deepdoctor.remedies import REMEDIES, Context, apply_remedies
 from deepdoctor.remedies.base import Remedy
-from deepdoctor.treat import Treatment, treat
+from deepdoctor.search import BudgetError, Ledger
+from deepdoctor.treat import STATUSES, Treatment, treat
 
 REGULARISATION = {"dropout", "weight_decay", "early_stopping", "data_augmentation"}
 
@@ -122,6 +123,59 @@ def test_an_overfitting_model_is_regularised_and_its_validation_loss_falls(
     assert best[0]["val_loss"] == tr.after["val_loss"] == min(tr.history_after.metric("val_loss"))
 
 
+# -- the ledger and the trials --------------------------------------------------------------
+
+
+def test_the_ledger_knows_the_budget_what_is_spent_and_left_and_refuses_what_does_not_fit() -> None:
+    ledger = Ledger(budget=2.0, run_steps=300)
+    ledger.charge("baseline", 300)
+    ledger.charge("noise run", 60)
+    assert (ledger.spent, ledger.left, ledger.compute) == (1.2, 0.8, 1.2)
+    assert ledger.fits(0.8) and not ledger.fits(0.81)
+    assert ledger.shortfall(1.2, "this screen and its verification need") == (
+        "the budget left (0.8 runs) is less than this screen and its verification need (1.2 runs)"
+    )
+    with pytest.raises(BudgetError, match=r"screen adam: the budget left \(0\.8 runs\)"):
+        ledger.charge("screen adam", 300)
+    assert ledger.spent == 1.2
+
+
+def test_compute_is_every_run_the_ledger_charged(sigmoid50: Treatment, overfit: Treatment) -> None:
+    # No run here stops early: the baseline (1 run) and the noise run (0.2) plus the trials.
+    for tr in (sigmoid50, overfit):
+        trials = sum(t.steps for t in tr.trials) / tr.experiment.steps
+        assert tr.compute == pytest.approx(1.0 + 0.2 + trials, abs=1e-3) and tr.compute <= 3.0
+
+
+def test_trials_carry_a_status_a_round_and_a_reason_in_words(sigmoid50: Treatment) -> None:
+    statuses = [(t.stage, t.status) for t in sigmoid50.trials]
+    assert statuses == [
+        ("screen", "no_gain"),  # relu_activation+he_init
+        ("screen", "no_gain"),  # he_init
+        ("screen", "passed"),  # batch_norm
+        ("screen", "kept"),  # residual
+        ("screen", "not_tried"),  # adam: no room left for its verification
+        ("screen", "not_tried"),  # raise_lr
+        ("screen", "not_tried"),  # more_capacity: the 7th remedy set
+        ("screen", "not_tried"),  # train_longer
+        ("combine", "not_tried"),  # batch_norm+residual
+        ("verify", "kept"),
+    ]
+    reasons = {t.reason for t in sigmoid50.trials if t.status == "not_tried"}
+    assert reasons == {
+        "the budget left (1 run) is less than this screen and its verification need (1.2 runs)",
+        "treat screens at most 6 remedy sets a round, best-ranked first",
+    }
+    assert all(
+        t.round == 1 and (t.reason is None) == (t.status != "not_tried") for t in sigmoid50.trials
+    )
+    dumped = sigmoid50.to_dict()["trials"]
+    assert [(t["stage"], t["status"]) for t in dumped] == statuses
+    assert {t["round"] for t in dumped} == {1} and all(t["status"] in STATUSES for t in dumped)
+    assert dumped[4]["reason"] == sigmoid50.trials[4].reason and dumped[4]["error"] is None
+    assert [t["passed"] for t in dumped[:4]] == [False, False, True, True]
+
+
 # -- bad input ------------------------------------------------------------------------------
 
 
@@ -140,8 +194,12 @@ def test_a_budget_below_one_run_is_refused_with_the_minimum(budget: float) -> No
 def test_a_budget_of_one_run_gives_the_baseline_only() -> None:
     tr = treat(small_sigmoid(), budget=1.0)
     assert tr.applied == [] and tr.compute == 1.0 and math.isnan(tr.noise)
-    assert tr.trials and all(t.steps == 0 and not t.passed for t in tr.trials)
-    assert tr.trials[0].error == "not tried: budget"
+    assert tr.trials and all(t.steps == 0 and t.status == "not_tried" for t in tr.trials)
+    assert tr.trials[0].reason == (
+        "the budget left (0 runs) is less than this screen and its verification need (1.2 runs)"
+    )
+    assert tr.trials[-1].reason == "treat screens at most 6 remedy sets a round, best-ranked first"
+    assert all(t.error is None and t.round == 1 for t in tr.trials)
     assert tr.message.startswith("no remedy beat the untreated run")
 
 
@@ -175,7 +233,8 @@ def test_a_remedy_that_throws_is_recorded_and_the_search_goes_on(
 
     monkeypatch.setitem(REMEDIES, "he_init", Remedy("he_init", "init", "throws", boom))
     tr = treat(small_sigmoid(), remedies=["he_init", "residual"])
-    assert tr.trials[0].remedies == ["he_init"] and tr.trials[0].error == "RuntimeError: boom"
+    assert tr.trials[0].remedies == ["he_init"] and tr.trials[0].status == "error"
+    assert tr.trials[0].error == "RuntimeError: boom"
     assert tr.trials[0].steps == 0 and not tr.trials[0].passed
     assert tr.applied == ["residual"] and tr.after["val_accuracy"] > 0.6
 
@@ -287,7 +346,9 @@ def test_a_larger_budget_treats_the_treated_run_again() -> None:
     # round 2 starts from that verified run and screens what its findings still name.
     tr = treat(get_preset("diverging-relu-mlp20-digits"), budget=6)
     assert tr.rounds == 2 and tr.applied[0] == "lower_lr"
-    round2 = [t for t in tr.trials if t.stage.endswith("(round 2)")]
+    assert [t.round for t in tr.trials] == sorted(t.round for t in tr.trials)
+    assert {t.stage for t in tr.trials} <= {"screen", "combine", "verify"}
+    round2 = [t for t in tr.trials if t.round == 2]
     assert round2 and all("lower_lr" not in t.remedies for t in round2)
     assert "round 2: " in tr.message
     assert 3.0 < tr.compute <= 6.0

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..experiment import load_target
+from ..report.facts import trial_stage
 from ..report.terminal import print_findings
 from ..treat import DEFAULT_BUDGET, Treatment, treat
 
@@ -43,17 +44,15 @@ def trials_table(tr: Treatment) -> Table:
     for col in ("remedies", "stage", "steps", "score", "baseline", "result"):
         table.add_column(col, justify="right" if col in ("steps", "score", "baseline") else "left")
     for t in tr.trials:
-        if t.prescription:
-            outcome = f"prescription: {t.prescription}"
-        elif t.error:
-            outcome = f"error: {t.error}"
-        else:
-            outcome = "kept" if t.kept else ("passed" if t.passed else "no gain")
-            if t.note:
-                outcome += f"; {t.note}"
+        details = {"not_tried": t.reason, "error": t.error, "prescription": t.prescription}
+        outcome = t.status.replace("_", " ")
+        if details.get(t.status):
+            outcome += f": {details[t.status]}"
+        if t.note:
+            outcome += f"; {t.note}"
         table.add_row(
             "+".join(t.remedies),
-            t.stage,
+            trial_stage(t.to_dict()),
             str(t.steps or ""),
             f"{t.score:.3f}" if t.steps else "",
             f"{t.baseline_score:.3f}" if t.steps else "",

@@ -156,21 +156,39 @@ def trial_gain(trial: dict[str, Any]) -> str:
     return f"{label} {number(-score)} vs {number(-base)} untreated, {base - score:+.3g}"
 
 
-def trial_outcome(trial: dict[str, Any]) -> tuple[str, str]:
-    """(status, words) for a treat trial; status is kept, failed, skipped, prescription,
-    passed or no gain. treat writes ``error: "not tried: ..."`` for a remedy the budget or
-    the candidate limit left out: that is a skip, not a failure."""
-    error = trial.get("error")
-    gain = trial_gain(trial)
+def trial_stage(trial: dict[str, Any]) -> str:
+    """The trial's stage (screen, combine, verify), with its round after the first."""
+    stage, number = str(trial.get("stage", "")), trial.get("round") or 1
+    return stage if number == 1 else f"{stage} (round {number})"
+
+
+def trial_status(trial: dict[str, Any]) -> str:
+    """The trial's ``status`` (kept, passed, no_gain, not_tried, error, prescription); a file
+    written before treat wrote it gets the status its flags give."""
+    if trial.get("status"):
+        return str(trial["status"])
     if trial.get("kept"):
-        return "kept", f"verified and kept: {gain}" if gain else "verified and kept"
-    if error and str(error).startswith("not tried"):
-        return "skipped", str(error)
-    if error:
-        return "failed", f"failed: {error}"
+        return "kept"
     if trial.get("prescription"):
-        return "prescription", f"prescription: {trial['prescription']}"
-    status = "passed" if trial.get("passed") else "no gain"
+        return "prescription"
+    if trial.get("error"):
+        return "error"
+    return "passed" if trial.get("passed") else "no_gain"
+
+
+def trial_outcome(trial: dict[str, Any]) -> tuple[str, str]:
+    """(status, words) for a treat trial: its status and what happened, with the numbers.
+    A remedy the budget or the candidate limit left out is not_tried, with treat's reason."""
+    status = trial_status(trial)
+    gain = trial_gain(trial)
+    if status == "kept":
+        return status, f"verified and kept: {gain}" if gain else "verified and kept"
+    if status == "not_tried":
+        return status, f"not tried: {trial.get('reason')}"
+    if status == "error":
+        return status, f"failed: {trial.get('error')}"
+    if status == "prescription":
+        return status, f"prescription: {trial.get('prescription')}"
     words = "passed screening, not kept" if status == "passed" else "tried, not kept"
     words = f"{words}: {gain}" if gain else words
     return status, f"{words}; {trial['note']}" if trial.get("note") else words

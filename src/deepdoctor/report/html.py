@@ -126,7 +126,7 @@ def _layers(layers: list[str]) -> str:
     return shown
 
 
-OUTCOME_CLASSES = {"kept": "verified", "failed": "failed"}
+OUTCOME_CLASSES = {"kept": "verified", "error": "failed"}
 
 
 def remedy_outcomes(trials: list[dict[str, Any]]) -> dict[str, tuple[str, str]]:
@@ -243,7 +243,7 @@ def treatment_section(data: dict[str, Any]) -> str:
             rows.append(
                 [
                     "+".join(t.get("remedies", [])),
-                    t.get("stage", ""),
+                    facts.trial_stage(t),
                     t.get("steps") or None,
                     facts.trial_outcome(t)[1],
                 ]

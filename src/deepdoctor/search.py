@@ -1,0 +1,608 @@
+"""The repair search behind ``treat``: a budget ledger, trials with a status, greedy rounds.
+
+``deepdoctor.treat``'s docstring says what the search does and why; this module is that
+search as code, top to bottom: the ledger every run is charged to, a trial, the search over
+rounds, one round (baseline, noise, screening, combination, verification), and the scores
+the decisions compare.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from .experiment import Experiment
+from .findings import Finding, sort_findings
+from .progress import progress_bar
+from .remedies import REMEDIES, Context, Prescription, apply_remedies, compatible
+from .training import History, is_loader, loader_tensors
+
+DEFAULT_BUDGET = 3.0  # baseline runs; AUTOTRAINER reports 2.21x for its repairs
+SCREEN_FRACTION = 0.2  # of the steps: enough for trainability fixes to separate from chance
+MIN_GAIN_ACCURACY = 0.01  # a kept remedy gains at least one point of validation accuracy ...
+MIN_GAIN_LOSS = 0.02  # ... or, without accuracy, 2% of the validation loss
+MAX_CANDIDATES = 6  # remedy sets screened at most in a round; the rest are not tried
+# The Deep Learning Tuning Playbook: clipping on more than half the steps is a sign that the
+# learning rate is too high, and lowering it is the better fix; treat then screens lower_lr.
+CLIP_MOST_STEPS = 0.5
+MAX_ROUNDS = 3  # greedy rounds: treat the treated experiment for what remains
+# A next round needs its noise run, one screen and one verification (in runs of its own).
+NEXT_ROUND_MINIMUM = 1.0 + 2 * SCREEN_FRACTION
+# Past the step where the untreated run blew up, a screen runs this fraction further.
+PAST_BLOWUP = 0.05
+# Sums of step fractions carry float rounding: a run that fits exactly is not refused.
+SLACK = 1e-9
+# Remedies whose benefit only shows late in a run, so a short screen cannot judge them.
+LATE_EFFECT = {
+    "dropout",
+    "weight_decay",
+    "early_stopping",
+    "data_augmentation",
+    "less_capacity",
+    "train_longer",
+}
+# Remedies that are the same fix as their partner: a switch to ReLU comes with He init.
+PAIRED = {"relu_activation": "he_init", "leaky_relu_activation": "he_init"}
+
+
+# -- the ledger -----------------------------------------------------------------------------
+
+
+class BudgetError(RuntimeError):
+    """A run was charged that the budget left cannot pay for: a bug in the search."""
+
+
+@dataclass
+class Ledger:
+    """Compute in runs of the untreated experiment: the budget, what is spent, what is left.
+
+    The search asks ``fits`` before it starts a run and ``charge``s the steps the run took
+    once it ended (a run that blew up stops early and costs less); a charge that does not
+    fit is refused.
+    """
+
+    budget: float
+    run_steps: int  # optimizer steps of one untreated run
+    spent: float = 0.0
+
+    @property
+    def left(self) -> float:
+        return self.budget - self.spent
+
+    @property
+    def compute(self) -> float:
+        """What was spent, as reported: in runs, to a thousandth."""
+        return round(self.spent, 3)
+
+    def runs(self, steps: int) -> float:
+        return steps / self.run_steps
+
+    def fits(self, runs: float) -> bool:
+        return runs <= self.left + SLACK
+
+    def shortfall(self, runs: float, what: str) -> str:
+        """Why a run that does not fit was not started, in words."""
+        return f"the budget left ({_runs(self.left)}) is less than {what} ({_runs(runs)})"
+
+    def charge(self, what: str, steps: int) -> None:
+        runs = self.runs(steps)
+        if not self.fits(runs):
+            raise BudgetError(f"{what}: {self.shortfall(runs, 'it cost')}")
+        self.spent += runs
+
+
+def _runs(n: float) -> str:
+    return f"{n:.3g} run" if f"{n:.3g}" == "1" else f"{n:.3g} runs"
+
+
+# -- a trial --------------------------------------------------------------------------------
+
+# kept: verified (or a full-length screen that is its own verification) and applied;
+# passed: beat the baseline at the screen but was not kept; no_gain: ran, did not beat it;
+# not_tried: never ran (``reason`` says why); error: the remedy or its run threw (``error``);
+# prescription: cannot be applied automatically (``prescription`` says what to do by hand).
+Status = Literal["kept", "passed", "no_gain", "not_tried", "error", "prescription"]
+STATUSES: tuple[Status, ...] = ("kept", "passed", "no_gain", "not_tried", "error", "prescription")
+
+
+@dataclass
+class Trial:
+    """One remedy set, screened or verified once in a round; ``status`` says what became of it."""
+
+    remedies: list[str]
+    stage: str  # screen | combine | verify
+    status: Status
+    round: int = 1
+    steps: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    score: float = math.nan
+    baseline_score: float = math.nan
+    reason: str | None = None  # not_tried: why, in words
+    error: str | None = None  # error: the exception
+    prescription: str | None = None  # prescription: what to change by hand
+    note: str | None = None  # what the trial taught the search (e.g. the playbook's rule)
+    clipped_fraction: float = math.nan  # of the steps, when the trial clipped gradients
+    # A full-length screen (treated experiment, its probed run): already a verification.
+    full_run: tuple[Experiment, Any] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def passed(self) -> bool:
+        """Beat the baseline by more than the noise margin."""
+        return self.status in ("passed", "kept")
+
+    @property
+    def kept(self) -> bool:
+        return self.status == "kept"
+
+    def to_dict(self) -> dict[str, Any]:
+        def clean(v: float) -> float | None:
+            return v if isinstance(v, float) and math.isfinite(v) else None
+
+        return {
+            "remedies": self.remedies,
+            "stage": self.stage,
+            "round": self.round,
+            "status": self.status,
+            "reason": self.reason,
+            "steps": self.steps,
+            "metrics": {k: clean(v) for k, v in self.metrics.items()},
+            "score": clean(self.score),
+            "baseline_score": clean(self.baseline_score),
+            "passed": self.passed,
+            "kept": self.kept,
+            "error": self.error,
+            "prescription": self.prescription,
+            "note": self.note,
+        }
+
+
+@dataclass
+class Outcome:
+    """What a round decided: the remedies it kept (none, or a set), on which run, and why."""
+
+    applied: list[str]
+    treated: Experiment
+    run: Any  # the Diagnosis of ``treated``: the verified run, or the round's baseline
+    message: str
+    interrupted: bool = False
+
+
+# -- the search -----------------------------------------------------------------------------
+
+
+class Search:
+    """One treat: the ledger, the trials, and the greedy rounds.
+
+    A round that kept a remedy is followed by another on the treated experiment, its verified
+    run the new baseline, for the findings that remain, while the ledger holds what a round
+    needs (at most ``MAX_ROUNDS``; not when ``remedies`` fixes what is screened).
+    """
+
+    def __init__(
+        self,
+        experiment: Experiment,
+        budget: float,
+        remedies: list[str] | None = None,
+        progress: bool = False,
+    ) -> None:
+        self.experiment = experiment
+        self.ledger = Ledger(budget, experiment.steps)
+        self.remedies = remedies
+        self.progress = progress
+        self.trials: list[Trial] = []
+        self.rounds: list[Round] = []
+        self.outcomes: list[Outcome] = []
+
+    def run(self) -> Search:
+        exp, baseline = self.experiment, None
+        while True:
+            rnd = Round(self, exp, len(self.rounds) + 1, baseline)
+            self.rounds.append(rnd)
+            outcome = rnd.run()
+            self.outcomes.append(outcome)
+            if not self._another_round(outcome):
+                return self
+            exp, baseline = outcome.treated, outcome.run
+
+    def _another_round(self, outcome: Outcome) -> bool:
+        return (
+            bool(outcome.applied)
+            and not outcome.interrupted
+            and len(self.rounds) < MAX_ROUNDS
+            and self.remedies is None
+            and self.ledger.fits(NEXT_ROUND_MINIMUM * self.ledger.runs(outcome.treated.steps))
+        )
+
+    @property
+    def applied(self) -> list[str]:
+        return [name for o in self.outcomes for name in o.applied]
+
+    @property
+    def final(self) -> Outcome:
+        """The last round that kept a remedy, else the first: its run is the treated one."""
+        kept = [o for o in self.outcomes if o.applied]
+        return kept[-1] if kept else self.outcomes[0]
+
+    @property
+    def interrupted(self) -> bool:
+        return any(o.interrupted for o in self.outcomes)
+
+    @property
+    def message(self) -> str:
+        first, *later = self.outcomes
+        return first.message + "".join(
+            f"; round {n}: {o.message}" for n, o in enumerate(later, start=2)
+        )
+
+
+class Round:
+    """One round: a baseline, the noise margin, the screens, a combination, a verification."""
+
+    def __init__(self, search: Search, experiment: Experiment, number: int, baseline: Any) -> None:
+        exp = experiment
+        if exp.eval_every is None:
+            # Evaluations on a fine grid let screened candidates be compared at the same step.
+            exp = exp.replace(eval_every=max(1, round(exp.steps * SCREEN_FRACTION / 2)))
+        _check_deterministic(exp)
+        self.exp = exp
+        self.number = number
+        self.search = search
+        self.ledger = search.ledger
+        self.exclude = search.applied
+        self.progress = search.progress
+        self.one_run = self.ledger.runs(exp.steps)  # this round's run, in untreated runs
+        self.started = time.time()
+        self.base: Any = baseline  # a Diagnosis; round 1 runs its own
+        self.noise = math.nan
+        self.margin = 0.0
+        self.passed: list[Trial] = []
+
+    def run(self) -> Outcome:
+        if self.base is None:
+            self.base = self._diagnose(self.exp, "baseline")
+        self.before = metrics_of(self.base.history)
+        self.base_score = score_of(self.before)
+        candidates = self._candidates()
+        if not candidates:
+            which = "treated" if self.number > 1 else "untreated"
+            healthy = f"the {which} run is healthy: no remedy applied"
+            no_remedy = "the findings name no remedy that can be applied automatically"
+            return self._nothing(healthy if self.base.healthy else no_remedy)
+        if self.base.history.stopped == "interrupted":
+            return self._nothing("interrupted during the untreated run", interrupted=True)
+        self.screen_steps = self._screening_point()
+        self.ctx = _context(self.exp, self.base.trace, self.base.findings)
+        try:
+            self._measure_noise()
+            self._screen_candidates(candidates)
+            self._screen_combination()
+            return self._decide()
+        except KeyboardInterrupt:
+            return self._interrupted()
+
+    # -- the steps of a round, in order ---------------------------------------------------
+
+    def _diagnose(self, exp: Experiment, label: str) -> Any:
+        from .diagnose import diagnose_experiment
+
+        run = diagnose_experiment(exp, progress=label if self.progress else False)
+        self.ledger.charge(label, run.history.steps)
+        return run
+
+    def _candidates(self) -> list[list[str]]:
+        remedies = self.search.remedies
+        candidates = (
+            [[r] for r in remedies]
+            if remedies is not None
+            else candidate_remedies(self.base.findings)
+        )
+        if not self.exclude:
+            return candidates
+        return [
+            g
+            for g in candidates
+            if not set(g) & set(self.exclude) and compatible([*g, *self.exclude])
+        ]
+
+    def _screening_point(self) -> int:
+        """``SCREEN_FRACTION`` of the steps, or just past the step where the baseline blew up:
+        a screen that ends before the blow-up compares with a run that still looked fine."""
+        steps = self.exp.steps
+        screen_steps = max(1, round(steps * SCREEN_FRACTION))
+        blew_up = [
+            int(f.evidence["step"])
+            for f in self.base.findings
+            if f.kind == "diverging_loss" and isinstance(f.evidence.get("step"), int)
+        ]
+        if self.base.stopped_at is not None:
+            blew_up.append(self.base.stopped_at)
+        if blew_up and min(blew_up) >= screen_steps:
+            screen_steps = min(steps, min(blew_up) + max(1, round(steps * PAST_BLOWUP)))
+        return screen_steps
+
+    def _measure_noise(self) -> None:
+        """The baseline again from the next seed, to the screening point: the gap between the
+        two seeds there is the noise a candidate must beat (and at least ``MIN_GAIN``)."""
+        if self.ledger.fits(self.ledger.runs(self.screen_steps)):
+            other = self.exp.run(steps=self.screen_steps, seed=self.exp.seed + 1)
+            self.ledger.charge("noise run", other.steps)
+            stop_if_interrupted(other)
+            at_screen = score_at(self.base.history, self.screen_steps)
+            self.noise = abs(at_screen - score_of(metrics_of(other)))
+        min_gain = (
+            MIN_GAIN_ACCURACY
+            if uses_accuracy(self.before)
+            else MIN_GAIN_LOSS * abs(self.base_score)
+        )
+        self.margin = max(min_gain, self.noise if math.isfinite(self.noise) else 0.0)
+
+    def _screen_candidates(self, candidates: list[list[str]]) -> None:
+        queue = list(candidates)
+        with progress_bar(
+            min(len(queue), MAX_CANDIDATES), "screening", enabled=self.progress
+        ) as bar:
+            screened = 0
+            while queue and screened < MAX_CANDIDATES:
+                trial = self._screen(queue.pop(0), "screen")
+                screened += 1
+                if trial.clipped_fraction > CLIP_MOST_STEPS:
+                    # The playbook's rule: clipping most steps means the rate is too high.
+                    trial.note = (
+                        f"clipping fired on {trial.clipped_fraction:.0%} of the steps: by the "
+                        "Tuning Playbook's rule the learning rate is too high, so lower_lr is "
+                        "screened next"
+                    )
+                    queue = [["lower_lr"]] + [g for g in queue if g != ["lower_lr"]]
+                bar.advance()
+        reason = f"treat screens at most {MAX_CANDIDATES} remedy sets a round, best-ranked first"
+        for group in queue:
+            self._record(Trial(group, "screen", "not_tried", self.number, reason=reason))
+
+    def _screen_combination(self) -> None:
+        """When two compatible remedies both passed screening, screen them together."""
+        best_pair = sorted(self.passed, key=rank, reverse=True)[:2]
+        if len(best_pair) == 2:
+            combo = sorted(set(best_pair[0].remedies) | set(best_pair[1].remedies))
+            if compatible(combo):
+                self._screen(combo, "combine")
+
+    def _decide(self) -> Outcome:
+        """Keep the best screened candidate once verified over the full run; a full-length
+        screen already is that run, and is preferred when a verification no longer fits."""
+        if not self.passed:
+            return self._nothing(
+                "no remedy beat the untreated run by more than the "
+                f"noise margin ({self.margin:.3g}); nothing applied"
+            )
+        best = max(self.passed, key=rank)
+        verified = [t for t in self.passed if t.full_run is not None]
+        if best.full_run is None and not self.ledger.fits(self.one_run) and verified:
+            best = max(verified, key=rank)
+        if best.full_run is not None:
+            best.status = "kept"
+            treated, run = best.full_run
+            return Outcome(best.remedies, treated, run, self._applied(best.remedies, best.score))
+        if not self.ledger.fits(self.one_run):
+            return self._nothing(
+                f"budget {self.ledger.budget} spent before verification; "
+                f"best screened: {'+'.join(best.remedies)}"
+            )
+        return self._verify(best)
+
+    def _verify(self, best: Trial) -> Outcome:
+        treated = apply_remedies(self.exp, best.remedies, self.ctx)
+        run = self._diagnose(treated, "verifying")
+        stop_if_interrupted(run.history)
+        metrics = metrics_of(run.history)
+        score = score_of(metrics)
+        kept = score > self.base_score + self.margin
+        self._record(
+            Trial(
+                best.remedies,
+                "verify",
+                "kept" if kept else "no_gain",
+                self.number,
+                steps=run.history.steps,
+                metrics=metrics,
+                score=score,
+                baseline_score=self.base_score,
+            )
+        )
+        if not kept:
+            return self._nothing(
+                f"{'+'.join(best.remedies)} passed screening but "
+                f"did not beat the untreated run over the full budget "
+                f"({score:.3g} vs {self.base_score:.3g}, margin {self.margin:.3g})"
+            )
+        best.status = "kept"
+        return Outcome(best.remedies, treated, run, self._applied(best.remedies, score))
+
+    def _interrupted(self) -> Outcome:
+        """Ctrl-C: keep the best candidate already verified over the full run, if any."""
+        verified = [t for t in self.passed if t.full_run is not None]
+        if not verified:
+            which = "treated" if self.number > 1 else "untreated"
+            return self._nothing(f"interrupted: returning the {which} run", interrupted=True)
+        best = max(verified, key=rank)
+        best.status = "kept"
+        assert best.full_run is not None  # filtered above
+        treated, run = best.full_run
+        return Outcome(
+            best.remedies,
+            treated,
+            run,
+            f"interrupted: keeping {' + '.join(best.remedies)}, verified over the full run "
+            f"(score {self.base_score:.3g} -> {best.score:.3g})",
+            interrupted=True,
+        )
+
+    # -- screening one remedy set ---------------------------------------------------------
+
+    def _screen(self, group: list[str], stage: str) -> Trial:
+        """Screen one remedy set against the baseline at the same step, and record it."""
+        trial = self._screen_trial(group, stage)
+        self._record(trial)
+        if trial.passed:
+            self.passed.append(trial)
+        return trial
+
+    def _screen_trial(self, group: list[str], stage: str) -> Trial:
+        from .diagnose import diagnose_experiment
+
+        def trial(status: Status, **fields: Any) -> Trial:
+            return Trial(list(group), stage, status, self.number, **fields)
+
+        try:
+            candidate = apply_remedies(self.exp, group, self.ctx)
+        except Prescription as p:
+            return trial("prescription", prescription=p.instructions)
+        except Exception as exc:  # a remedy that throws is recorded, and the search goes on
+            return trial("error", error=f"{type(exc).__name__}: {exc}")
+        late = any(r in LATE_EFFECT for r in group)
+        steps = candidate.steps if late else self.screen_steps
+        # A short screen leaves room for its verification run; a full-length one is its own.
+        need = self.ledger.runs(steps) + (0.0 if late else self.one_run)
+        if not self.ledger.fits(need):
+            what = (
+                "this full-length screen needs"
+                if late
+                else ("this screen and its verification need")
+            )
+            return trial("not_tried", reason=self.ledger.shortfall(need, what))
+        full_run = None
+        try:
+            if late:
+                run = diagnose_experiment(candidate)
+                history, full_run = run.history, (candidate, run)
+            else:
+                history = candidate.run(steps=steps)
+        except Exception as exc:
+            return trial("error", error=f"{type(exc).__name__}: {exc}")
+        self.ledger.charge(f"{stage} {'+'.join(group)}", history.steps)
+        stop_if_interrupted(history)
+        metrics = metrics_of(history)
+        score, baseline_score = score_of(metrics), score_at(self.base.history, steps)
+        return trial(
+            "passed" if score > baseline_score + self.margin else "no_gain",
+            steps=history.steps,
+            metrics=metrics,
+            score=score,
+            baseline_score=baseline_score,
+            clipped_fraction=float(np.mean(history.clipped)) if history.clipped else math.nan,
+            full_run=full_run,
+        )
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _record(self, trial: Trial) -> None:
+        self.search.trials.append(trial)
+
+    def _nothing(self, message: str, interrupted: bool = False) -> Outcome:
+        return Outcome([], self.exp, self.base, message, interrupted)
+
+    def _applied(self, remedies: list[str], score: float) -> str:
+        return (
+            f"applied {' + '.join(remedies)}: score {self.base_score:.3g} -> {score:.3g} "
+            f"(+{score - self.base_score:.3g}, noise margin {self.margin:.3g}) in "
+            f"{time.time() - self.started:.0f} s"
+        )
+
+
+# -- candidates and the context the remedies read -------------------------------------------
+
+
+def candidate_remedies(findings: list[Finding]) -> list[list[str]]:
+    """Remedy sets to screen, from the findings' remedies, most severe finding first."""
+    seen: list[list[str]] = []
+    for f in sort_findings([f for f in findings if f.is_problem]):
+        for name in f.remedies:
+            group = [name] + ([PAIRED[name]] if name in PAIRED else [])
+            if group not in seen and all(n in REMEDIES for n in group):
+                seen.append(group)
+    return seen
+
+
+def _check_deterministic(exp: Experiment) -> None:
+    a, b = exp.build().state_dict(), exp.build().state_dict()
+    if a.keys() != b.keys() or any(not torch.equal(a[k], b[k]) for k in a):
+        raise ValueError(
+            f"the model builder of {exp.name!r} is not deterministic under a seed: two builds "
+            "after torch.manual_seed(seed) gave different weights, so runs cannot be compared. "
+            "Draw every random number from torch's global generator (no time-based seeds, "
+            "no numpy/random without seeding)"
+        )
+
+
+def _context(exp: Experiment, trace: Any, findings: list[Finding]) -> Context:
+    X, _ = loader_tensors(exp.train, 8)
+    updates = trace.updates.array("update_ratio") if len(trace.updates) else np.zeros((0, 0))
+    finite = updates[np.isfinite(updates)]
+    lr = trace.steps.array("lr")[:, 0] if trace.n_steps else np.array([math.nan])
+    base_lr = float(lr[0]) if lr.size and math.isfinite(lr[0]) else 0.1
+    counts = None
+    if not is_loader(exp.train):
+        y = exp.train[1]
+        if not y.is_floating_point():
+            counts = torch.bincount(y).tolist()
+    return Context(
+        example=X,
+        base_lr=base_lr,
+        grad_norms=trace.steps.array("grad_norm_total")[:, 0] if trace.n_steps else np.zeros(0),
+        update_ratio=float(np.median(finite)) if finite.size else math.nan,
+        kinds={f.kind for f in findings if f.is_problem},
+        class_counts=counts,
+    )
+
+
+# -- scoring --------------------------------------------------------------------------------
+
+
+def metrics_of(history: History) -> dict[str, float]:
+    """The metrics of the model a run returns (see ``History.final``)."""
+    final = history.final
+    return {
+        k: float(final[k])
+        for k in ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
+        if k in final
+    }
+
+
+def score_of(metrics: dict[str, float]) -> float:
+    """Higher is better: validation accuracy where it exists, else minus the loss."""
+    for key in ("val_accuracy", "train_accuracy"):
+        v = metrics.get(key, math.nan)
+        if math.isfinite(v):
+            loss = metrics.get("val_loss", metrics.get("train_loss", math.nan))
+            return v if math.isfinite(loss) else -math.inf
+    loss = metrics.get("val_loss", metrics.get("train_loss", math.nan))
+    return -loss if math.isfinite(loss) else -math.inf
+
+
+def score_at(history: History, step: int) -> float:
+    """The score of the evaluation at ``step`` (or the last one before it)."""
+    chosen: dict[str, float] | None = None
+    for e in history.evals:
+        if e["step"] <= step:
+            chosen = e
+    return score_of(chosen) if chosen else -math.inf
+
+
+def stop_if_interrupted(history: History) -> History:
+    """The training loop turns Ctrl-C into a clean stop of that one run; treat stops too."""
+    if history.stopped == "interrupted":
+        raise KeyboardInterrupt
+    return history
+
+
+def rank(trial: Trial) -> tuple[float, int]:
+    """The larger gain first; on a tie, fewer changes."""
+    return trial.score, -len(trial.remedies)
+
+
+def uses_accuracy(metrics: dict[str, float]) -> bool:
+    return any(math.isfinite(metrics.get(k, math.nan)) for k in ("val_accuracy", "train_accuracy"))
