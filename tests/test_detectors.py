@@ -286,3 +286,71 @@ def test_every_finding_uses_the_contract_vocabulary() -> None:
     for f in findings:
         assert f.kind in KINDS and set(f.remedies) <= set(REMEDIES) and f.remedies
         assert f.summary.endswith(".") and any("threshold" in k for k in f.evidence)
+
+
+# -- root cause before symptoms (detectors.causes) ------------------------------------------
+
+
+def _exploding_in_depth(**facts: object) -> Trace:
+    # relative gradients 1000x larger at the input than at the output, over 40 steps
+    return make_trace([10.0, 1.0, 0.1, 0.01], steps=40, facts=dict(facts))
+
+
+def _add_inputs(trace: Trace, mean: float, std: float) -> None:
+    for step in (0, 16, 32):
+        trace.inputs.append(
+            step,
+            {
+                "mean": [mean],
+                "std": [std],
+                "feature_mean_absmax": [abs(mean)],
+                "feature_std_max": [std],
+                "feature_std_min": [std],
+            },
+        )
+
+
+def test_exploding_gradients_from_large_inputs_are_folded_under_unscaled_inputs() -> None:
+    trace = _exploding_in_depth()
+    _add_inputs(trace, mean=800.0, std=400.0)  # inputs scaled x1000
+    by_kind = {f.kind: f for f in dd.detect(trace)}
+    assert by_kind["exploding_gradients"].caused_by == "unscaled_inputs"
+    assert by_kind["exploding_gradients"].severity == "info"
+    assert by_kind["unscaled_inputs"].is_problem
+    assert by_kind["unscaled_inputs"].evidence["explains"] == ["exploding_gradients"]
+
+
+def test_tiny_inputs_do_not_explain_exploding_gradients() -> None:
+    trace = _exploding_in_depth()
+    _add_inputs(trace, mean=0.0, std=0.001)
+    by_kind = {f.kind: f for f in dd.detect(trace)}
+    assert by_kind["unscaled_inputs"].is_problem
+    assert by_kind["exploding_gradients"].is_problem
+    assert by_kind["exploding_gradients"].caused_by is None
+
+
+def test_a_scaled_up_output_layer_explains_the_gradients_growing_in_depth() -> None:
+    trace = _exploding_in_depth(n_classes=10, task="classification")
+    trace.steps.set_value("loss", 0, 0, 30.0)  # 13x ln(10): confidently wrong at init
+    by_kind = {f.kind: f for f in dd.detect(trace)}
+    assert by_kind["bad_init_loss"].is_problem
+    assert by_kind["exploding_gradients"].caused_by == "bad_init_loss"
+    assert not by_kind["exploding_gradients"].is_problem
+
+
+def test_a_gradient_jump_in_time_is_not_explained_by_a_bad_init_loss() -> None:
+    trace = make_trace(steps=40, facts={"n_classes": 10, "task": "classification"})
+    trace.steps.set_value("loss", 0, 0, 30.0)
+    trace.steps.set_value("grad_norm_total", 30, 0, 500.0)
+    by_kind = {f.kind: f for f in dd.detect(trace)}
+    assert by_kind["exploding_gradients"].is_problem and "jump" in by_kind[
+        "exploding_gradients"
+    ].evidence
+    assert by_kind["exploding_gradients"].caused_by is None
+
+
+def test_every_row_of_the_causes_table_names_real_kinds() -> None:
+    from deepdoctor.detectors import CAUSES
+    from deepdoctor.findings import KINDS
+
+    assert CAUSES and all(c in KINDS and r in KINDS for c, r, _ in CAUSES)

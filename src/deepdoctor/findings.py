@@ -68,12 +68,12 @@ class Finding:
     layers: list[str] = field(default_factory=list)
     evidence: dict[str, Any] = field(default_factory=dict)
     remedies: list[str] = field(default_factory=list)
+    caused_by: str | None = None  # the kind of the finding that explains this one
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(
-                f"unknown finding kind {self.kind!r}; the kinds are: {', '.join(KINDS)}"
-            )
+        for label, kind in (("finding kind", self.kind), ("caused_by kind", self.caused_by)):
+            if kind is not None and kind not in KINDS:
+                raise ValueError(f"unknown {label} {kind!r}; the kinds are: {', '.join(KINDS)}")
         if self.severity not in SEVERITIES:
             raise ValueError(
                 f"unknown severity {self.severity!r}; use one of: {', '.join(SEVERITIES)}"
@@ -94,6 +94,7 @@ class Finding:
             "layers": list(self.layers),
             "evidence": json_ready(self.evidence),
             "remedies": list(self.remedies),
+            "caused_by": self.caused_by,
         }
 
     @classmethod
@@ -105,6 +106,7 @@ class Finding:
             layers=list(data.get("layers", [])),
             evidence=dict(data.get("evidence", {})),
             remedies=list(data.get("remedies", [])),
+            caused_by=data.get("caused_by"),
         )
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from ..findings import Finding, sort_findings
 from ..trace import Trace
 from . import activations, data, fit, gradients, loss
+from .causes import CAUSES, fold_consequences
 from .loss import BLOWUP_FACTOR
 
 FAMILIES: tuple[Callable[[Trace], list[Finding]], ...] = (
@@ -26,7 +27,8 @@ FAMILIES: tuple[Callable[[Trace], list[Finding]], ...] = (
 
 
 def detect(trace: Trace) -> list[Finding]:
-    """Every finding the Trace supports, most severe first.
+    """Every finding the Trace supports, most severe first; a consequence that a root
+    problem explains comes with ``caused_by`` set and at ``info`` (``detectors.causes``).
 
     >>> import deepdoctor as dd
     >>> trace = dd.Trace(["fc"], {"fc": "Linear"})
@@ -40,7 +42,7 @@ def detect(trace: Trace) -> list[Finding]:
     findings: list[Finding] = []
     for family in FAMILIES:
         findings += family(trace)
-    return sort_findings(findings)
+    return sort_findings(fold_consequences(findings))
 
 
-__all__ = ["BLOWUP_FACTOR", "FAMILIES", "detect"]
+__all__ = ["BLOWUP_FACTOR", "CAUSES", "FAMILIES", "detect", "fold_consequences"]
