@@ -34,7 +34,7 @@ import torch
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
-from ._checks import check_fraction, check_int, check_number
+from .checks import check_fraction, check_int, check_number
 
 
 @dataclass

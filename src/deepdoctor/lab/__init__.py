@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from .._checks import check_int
-from .._progress import progress_bar
+from ..checks import check_int
+from ..progress import progress_bar
 from ._base import Conclusion, Lab, Row, Settings, SweepLog
 from .report import write_lab_report
 
