@@ -10,8 +10,7 @@ from .probe import Probe
 from .trace import Trace
 from .training import History, train
 from .treat import Treatment, treat
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "Checkup",

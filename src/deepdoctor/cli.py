@@ -12,9 +12,9 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from . import __version__
-from ._progress import stderr_console
 from .experiment import TargetError
+from .progress import stderr_console
+from .version import __version__
 
 COMMANDS = [
     "data",

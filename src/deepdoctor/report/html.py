@@ -418,7 +418,7 @@ def _header(data: dict[str, Any]) -> str:
 
 def render_html(data: dict[str, Any]) -> str:
     """The whole page as one string."""
-    from .. import __version__
+    from ..version import __version__
 
     bodies = [(sid, label, build(data)) for sid, label, build in SECTIONS]
     present = [(sid, label, body) for sid, label, body in bodies if body]
