@@ -12,8 +12,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from .experiment import TargetError
 from .progress import stderr_console
+from .targets import TargetError
 from .version import __version__
 
 COMMANDS = [

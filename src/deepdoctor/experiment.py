@@ -3,22 +3,19 @@
 ``model`` is a builder (a callable returning a fresh ``nn.Module``) and ``optimizer`` a
 factory ``params -> optimizer``, so that treat can make fresh copies and train each
 candidate from the same seed. A CLI TARGET ``path/to/file.py:function`` names a function that
-returns an Experiment.
+returns an Experiment (``deepdoctor.targets`` loads it).
 """
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ._checks import check_int
+from .checks import check_int
 from .training import History, OptimizerSpec, as_tensors, is_loader, train
 
 
@@ -115,42 +112,3 @@ class Experiment:
             progress=progress,
             augment=self.augment,
         )
-
-
-class TargetError(ValueError):
-    """A CLI TARGET that cannot be turned into an Experiment."""
-
-
-def load_target(target: str) -> Experiment:
-    """``preset:NAME`` or ``path/to/file.py:function`` -> the Experiment it names."""
-    if not isinstance(target, str) or ":" not in target:
-        raise TargetError(
-            f"TARGET {target!r} must be preset:NAME (see `deepdoctor presets`) or "
-            "path/to/file.py:function"
-        )
-    head, name = target.rsplit(":", 1)
-    if head == "preset":
-        from .presets import get_preset
-
-        return get_preset(name)
-    path = Path(head)
-    if not path.is_file():
-        raise TargetError(f"TARGET file {path} does not exist")
-    spec = importlib.util.spec_from_file_location(f"deepdoctor_target_{path.stem}", path)
-    if spec is None or spec.loader is None:
-        raise TargetError(f"cannot import {path}: is it a Python file?")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
-    except Exception as exc:  # the user's file: report its error in one line
-        raise TargetError(f"importing {path} failed: {type(exc).__name__}: {exc}") from exc
-    fn = getattr(module, name, None)
-    if fn is None or not callable(fn):
-        raise TargetError(f"{path} has no function {name!r}")
-    exp = fn()
-    if not isinstance(exp, Experiment):
-        raise TargetError(
-            f"{path}:{name} returned {type(exp).__name__}, not a deepdoctor.Experiment"
-        )
-    return exp

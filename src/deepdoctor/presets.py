@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from . import data, models
-from .experiment import Experiment, TargetError
+from .experiment import Experiment
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,10 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {}
+
+
+class UnknownPreset(ValueError):
+    """A name that is not among the presets."""
 
 
 def preset(
@@ -38,7 +42,7 @@ def preset(
 
 def get_preset(name: str) -> Experiment:
     if name not in PRESETS:
-        raise TargetError(
+        raise UnknownPreset(
             f"unknown preset {name!r}; available: {', '.join(sorted(PRESETS))} "
             "(see `deepdoctor presets`)"
         )

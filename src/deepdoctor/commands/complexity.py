@@ -11,8 +11,8 @@ from rich.console import Console
 from rich.table import Table
 
 from .. import complexity
-from ..experiment import load_target
 from ..report.terminal import print_findings
+from ..targets import load_target
 from ..training import batches, is_loader
 
 

@@ -14,8 +14,8 @@ from typing import Any
 from rich.console import Console
 
 from ..diagnose import Diagnosis, diagnose_experiment
-from ..experiment import load_target
 from ..report.terminal import print_findings
+from ..targets import load_target
 
 
 def register(sub: Any) -> None:

@@ -11,9 +11,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from ..experiment import load_target
 from ..report.facts import trial_stage
 from ..report.terminal import print_findings
+from ..targets import load_target
 from ..treat import DEFAULT_BUDGET, Treatment, treat
 
 
