@@ -1,7 +1,12 @@
 """deepdoctor: find out why a deep network trains badly, fix it, and prove the fix."""
 
-from . import complexity, data, models
+from . import data, models
 from .checkup import Checkup, checkup
+
+# dd.complexity is the function; the module stays importable as deepdoctor.complexity. Python
+# sets a package's attribute to a submodule only when it first loads it, which has happened by
+# this line, so a later `import deepdoctor.complexity` leaves the function in place.
+from .complexity import measure as complexity
 from .detectors import detect
 from .diagnose import Diagnosis, diagnose, diagnose_experiment
 from .experiment import Experiment

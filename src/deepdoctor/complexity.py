@@ -210,8 +210,9 @@ def located_errors(model: nn.Module) -> Iterator[None]:
 
 def _as_inputs(batch: Any) -> tuple[torch.Tensor, ...]:
     """The forward's arguments in ``batch``: X, or the X of ``(X, y)``."""
-    X = batch[0] if isinstance(batch, tuple | list) and len(batch) == 2 else batch
-    inputs = tuple(X) if isinstance(X, tuple | list) else (X,)
+    pair = isinstance(batch, tuple | list) and len(batch) == 2
+    X = batch[0] if pair else batch
+    inputs = tuple(X) if pair and isinstance(X, tuple | list) else (X,)
     if not inputs or not all(isinstance(t, torch.Tensor) for t in inputs):
         given = type(batch).__name__
         if isinstance(batch, tuple | list):

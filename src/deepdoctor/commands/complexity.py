@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from .. import complexity
+from ..complexity import Complexity, measure
 from ..report.terminal import print_findings
 from ..targets import load_target
 from ..training import batches, is_loader
@@ -29,7 +29,7 @@ def _num(value: float | int | None) -> str:
     return "" if value is None else f"{value:,.0f}"
 
 
-def complexity_table(c: complexity.Complexity, title: str = "complexity per example") -> Table:
+def complexity_table(c: Complexity, title: str = "complexity per example") -> Table:
     table = Table(title=title)
     table.add_column("layer")
     table.add_column("type")
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     model = exp.build()
     X, _ = next(batches(exp.train, exp.batch_size, exp.seed))
     n_samples = None if is_loader(exp.train) else len(exp.train[0])
-    c = complexity.measure(model, X[:2], n_samples=n_samples)
+    c = measure(model, X[:2], n_samples=n_samples)
     console.print(complexity_table(c, title=f"{exp.name}: complexity per example"))
     memory = f"activation memory: {c.activation_bytes / 1024:,.1f} KiB per example"
     per_sample = (
