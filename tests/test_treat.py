@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -265,6 +266,103 @@ def test_ctrl_c_keeps_the_best_verified_result_so_far(monkeypatch: pytest.Monkey
     assert tr.interrupted and tr.applied == ["early_stopping"]
     assert tr.message.startswith("interrupted: keeping early_stopping, verified over the full run")
     assert tr.after["val_loss"] < tr.before["val_loss"]
+
+
+# -- a model and its data, like diagnose ----------------------------------------------------
+
+
+def diverging_model() -> tuple[nn.Module, torch.optim.Optimizer]:
+    """The model and optimizer diverging_mlp builds, as a user holds them."""
+    torch.manual_seed(0)
+    model = dd.models.mlp(64, 10, depth=20, width=64, init="he")
+    return model, torch.optim.SGD(model.parameters(), lr=0.3, momentum=0.9)
+
+
+def outcome(tr: Treatment) -> tuple[object, ...]:
+    trials = [(t.remedies, t.stage, t.status, t.steps, t.score, t.metrics) for t in tr.trials]
+    return tr.applied, tr.before, tr.after, tr.compute, tr.noise, tr.message[:40], trials
+
+
+def test_a_model_and_its_data_are_treated_as_the_same_experiment() -> None:
+    # Remedies that draw no random numbers: the copies start from the same weights.
+    remedies = ["gradient_clipping", "lower_lr"]
+    split = dd.data.load("digits")
+    model, opt = diverging_model()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    tr = treat(model, split.train, split.val, optimizer=opt, steps=60, remedies=remedies)
+    assert outcome(tr) == outcome(treat(diverging_mlp(steps=60), remedies=remedies))
+    assert tr.applied == ["lower_lr"] and tr.experiment.steps == 60
+    # the user's model and optimizer are untouched; the optimizer became a factory of its kind
+    assert all(torch.equal(v, start[k]) for k, v in model.state_dict().items()) and not opt.state
+    made = tr.experiment.optimizer(nn.Linear(2, 2).parameters())
+    assert type(made) is torch.optim.SGD and made.defaults == opt.defaults
+    assert made.param_groups[0]["momentum"] == 0.9
+
+
+def test_the_model_is_snapshot_when_treat_is_called() -> None:
+    split = dd.data.load("digits", subset=200)
+    model = dd.models.mlp(64, 10, depth=2)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    tr = treat(model, split.train, steps=5, budget=1.0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)  # changed after the call: the runs start from the state at the call
+    built = tr.experiment.build()
+    assert built is not model and tr.experiment.build() is not built
+    assert all(torch.equal(v, start[k]) for k, v in built.state_dict().items())
+    assert (tr.experiment.steps, tr.experiment.seed, tr.experiment.batch_size) == (5, 0, 64)
+
+
+def test_settings_given_to_treat_override_the_experiments() -> None:
+    exp = get_preset("healthy-mlp-digits")
+    loss = nn.CrossEntropyLoss(label_smoothing=0.1)
+    opt = torch.optim.Adam(nn.Linear(2, 2).parameters(), lr=0.01)
+    tr = treat(exp, steps=20, seed=3, batch_size=32, loss_fn=loss, optimizer=opt, budget=1.0)
+    used = tr.experiment
+    assert (used.steps, used.seed, used.batch_size, used.loss_fn) == (20, 3, 32, loss)
+    made = used.optimizer(nn.Linear(2, 2).parameters())
+    assert type(made) is torch.optim.Adam and made.defaults["lr"] == 0.01
+    assert tr.history_before is not None and tr.history_before.steps == 20
+    assert (exp.steps, exp.seed, exp.batch_size) == (get_preset("healthy-mlp-digits").steps, 0, 64)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (
+            lambda: treat("preset:healthy-mlp-digits"),
+            "treat takes an nn.Module (with its training data) or a deepdoctor.Experiment, got str",
+        ),
+        (
+            lambda: treat(lambda: nn.Linear(64, 10)),
+            "got function; a model builder goes in dd.Experiment(builder, train)",
+        ),
+        (lambda: treat(nn.Linear(64, 10)), "treat(model, train) needs the training data"),
+        (
+            lambda: treat(small_sigmoid(), 3),
+            "treat(experiment, ...) trains on the experiment's own data, so train and val must "
+            "not be given (got int); pass the budget as budget=",
+        ),
+    ],
+)
+def test_a_wrong_first_argument_says_what_was_given_and_what_is_accepted(
+    call: Callable[[], object], message: str
+) -> None:
+    with pytest.raises(TypeError, match=re.escape(message)):
+        call()
+
+
+def test_an_optimizer_with_several_parameter_groups_asks_for_a_factory() -> None:
+    split = dd.data.load("digits", subset=200)
+    model = dd.models.mlp(64, 10, depth=2)
+    weights = [p for p in model.parameters() if p.ndim > 1]
+    biases = [p for p in model.parameters() if p.ndim == 1]
+    opt = torch.optim.SGD([{"params": weights}, {"params": biases, "lr": 0.01}], lr=0.1)
+    with pytest.raises(ValueError, match="the SGD optimizer has 2 parameter groups"):
+        treat(model, split.train, optimizer=opt)
+    other = torch.optim.SGD(nn.Linear(64, 10).parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="build the optimizer from model.parameters()"):
+        treat(model, split.train, optimizer=other)
 
 
 # -- outputs --------------------------------------------------------------------------------

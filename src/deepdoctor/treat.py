@@ -47,10 +47,14 @@ same budget.
 
 from __future__ import annotations
 
+import copy
 import math
+import numbers
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
 from .checks import check_number
@@ -66,7 +70,7 @@ from .search import (
     Trial,
     metrics_of,
 )
-from .training import History
+from .training import History, OptimizerSpec
 
 __all__ = ["DEFAULT_BUDGET", "MAX_CANDIDATES", "STATUSES", "Treatment", "Trial", "treat"]
 
@@ -141,25 +145,43 @@ class Treatment(Result):
 
 
 def treat(
-    experiment: Experiment,
-    budget: float | None = None,
+    model: nn.Module | Experiment,
+    train: Any = None,
+    val: Any = None,
+    loss_fn: Callable[..., torch.Tensor] | None = None,
+    optimizer: OptimizerSpec = None,
+    steps: int | None = None,
     seed: int | None = None,
     *,
+    batch_size: int | None = None,
+    budget: float | None = None,
     remedies: list[str] | None = None,
     progress: bool = False,
 ) -> Treatment:
-    """Diagnose ``experiment``, try the remedies its findings name, keep what is verified.
+    """Diagnose, try the remedies the findings name on fresh copies, keep what is verified.
 
+    model: an ``nn.Module`` with its data, as for ``diagnose`` (its state now is the start of
+    every run: treat trains deep copies, and an optimizer instance becomes a factory of its
+    class and settings; defaults steps 200, seed 0, batch_size 64), or an ``Experiment``
+    (then steps, seed, batch_size, loss_fn and optimizer, when given, override its own).
     budget: compute treat may spend, in runs of the untreated experiment (default 3).
-    seed: overrides the experiment's seed for every run. remedies: screen these (in this
-    order, one round) instead of the ones the diagnosis names.
+    remedies: screen these (in this order, one round) instead of the ones the diagnosis names.
 
     >>> tr = treat(get_preset("sigmoid-mlp50-digits"))   # doctest: +SKIP
     >>> tr.applied, tr.before["val_accuracy"], tr.after["val_accuracy"]  # doctest: +SKIP
+    >>> tr = treat(model, (X, y), val=(X_val, y_val), optimizer=opt, steps=300)  # doctest: +SKIP
     """
-    if not isinstance(experiment, Experiment):
-        raise TypeError(f"treat needs a deepdoctor.Experiment, got {type(experiment).__name__}")
-    exp = experiment if seed is None else experiment.replace(seed=seed)
+    settings = {"loss_fn": loss_fn, "steps": steps, "seed": seed, "batch_size": batch_size}
+    if isinstance(model, Experiment):
+        exp = _override(model, train, val, optimizer, settings)
+    elif isinstance(model, nn.Module):
+        exp = _experiment_of(model, train, val, optimizer, settings)
+    else:
+        hint = "; a model builder goes in dd.Experiment(builder, train)" if callable(model) else ""
+        raise TypeError(
+            f"treat takes an nn.Module (with its training data) or a deepdoctor.Experiment, "
+            f"got {type(model).__name__}{hint}"
+        )
     budget = DEFAULT_BUDGET if budget is None else check_number("budget", budget)
     if budget < 1.0:
         raise ValueError(
@@ -168,6 +190,85 @@ def treat(
             f"{2 + 2 * SCREEN_FRACTION:.1f} lets treat screen and verify one remedy"
         )
     return _treatment(Search(exp, budget, remedies=remedies, progress=progress).run())
+
+
+def _override(
+    exp: Experiment, train: Any, val: Any, optimizer: OptimizerSpec, settings: dict[str, Any]
+) -> Experiment:
+    """The experiment with the settings given to treat in place of its own."""
+    if train is not None or val is not None:
+        given = train if train is not None else val
+        hint = (
+            "; pass the budget as budget="
+            if isinstance(given, numbers.Real)
+            else "; to train on other data use experiment.replace(train=..., val=...)"
+        )
+        raise TypeError(
+            f"treat(experiment, ...) trains on the experiment's own data, so train and val "
+            f"must not be given (got {type(given).__name__}){hint}"
+        )
+    changes = {k: v for k, v in settings.items() if v is not None}
+    if optimizer is not None:
+        changes["optimizer"] = _optimizer_factory(optimizer)
+    return exp.replace(**changes) if changes else exp
+
+
+def _experiment_of(
+    model: nn.Module, train: Any, val: Any, optimizer: OptimizerSpec, settings: dict[str, Any]
+) -> Experiment:
+    """An Experiment whose builder returns a fresh deep copy of ``model`` as it is now."""
+    if train is None:
+        raise TypeError("treat(model, train) needs the training data: a DataLoader or (X, y)")
+    snapshot = copy.deepcopy(model)
+    given = {k: v for k, v in settings.items() if v is not None}  # else diagnose's defaults
+    return Experiment(
+        lambda: copy.deepcopy(snapshot),
+        train,
+        val,
+        optimizer=_optimizer_factory(optimizer, model),
+        name=type(model).__name__,
+        **given,
+    )
+
+
+def _optimizer_factory(
+    optimizer: OptimizerSpec, model: nn.Module | None = None
+) -> Callable[..., torch.optim.Optimizer] | None:
+    """A factory ``params -> optimizer`` of the instance's class and settings (a factory or
+    None is returned as it is). treat trains changed models from scratch, so the factory
+    takes the settings of the instance's one parameter group and none of its state."""
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        return optimizer
+    cls: Any = type(optimizer)
+    groups = optimizer.param_groups
+    if len(groups) != 1:
+        raise ValueError(
+            f"the {cls.__name__} optimizer has {len(groups)} parameter groups, and treat, "
+            "which builds an optimizer for each changed copy of the model, cannot tell which "
+            "group a parameter a remedy adds belongs to; pass a factory params -> optimizer, "
+            "e.g. optimizer=lambda params: torch.optim.SGD(params, lr=0.1)"
+        )
+    if model is not None:
+        held = {id(p) for p in groups[0]["params"]}
+        trainable = {id(p) for p in model.parameters() if p.requires_grad}
+        if held != trainable:
+            raise ValueError(
+                f"the optimizer's {len(held)} parameter tensors are not the model's "
+                f"{len(trainable)} trainable ones, and treat gives each fresh copy an "
+                "optimizer over all of its trainable parameters: build the optimizer from "
+                "model.parameters(), or pass a factory params -> optimizer"
+            )
+    settings = {k: v for k, v in groups[0].items() if k != "params"}
+    defaults = dict(optimizer.defaults)
+
+    def make(params: Any) -> torch.optim.Optimizer:
+        group = [{"params": list(params), **settings}]
+        try:
+            return cls(group, **defaults)
+        except TypeError:  # an optimizer whose constructor does not take all its defaults back
+            return cls(group)
+
+    return make
 
 
 def _treatment(search: Search) -> Treatment:
