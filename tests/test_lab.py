@@ -1,7 +1,10 @@
 """The lab: each quick variant reproduces its claim with fixed seeds; sweeps resume; CLI works.
 
 Each quick experiment runs once per test session (``quick`` fixture) and its tests read the
-rows and numbers it produced.
+rows and numbers it produced. A trained number differs between machines (CPU kernels round
+differently, and a training run amplifies it much as a change of seed would), so a threshold
+on one keeps a margin measured over seeds 0, 1 and 2 of the quick variant; the comments give
+those values.
 """
 
 from __future__ import annotations
@@ -62,7 +65,8 @@ def test_layer_speed_is_ordered_from_input_to_output(quick):
         assert len(speeds) == r["hidden_layers"]
         assert all(a < b for a, b in zip(speeds, speeds[1:], strict=False)), speeds
     four = next(r for r in deep if r["hidden_layers"] == 4)["speed_init"]
-    # The book: 0.003 ... 0.285, a factor of ~95; the same order of magnitude here.
+    # The book: 0.003 ... 0.285, a factor of ~95; the same order of magnitude here (seeds 0-2:
+    # 90, 213, 104).
     assert 20 < four[-1] / four[0] < 500
     assert run.conclusion.numbers["ordered_at_init"] == 3
 
@@ -70,6 +74,8 @@ def test_layer_speed_is_ordered_from_input_to_output(quick):
 def test_depth_sigmoid_gradient_vanishes_while_a_modern_recipe_trains(quick):
     run = quick("depth")
     sigmoid = rows_by(run, setup="sigmoid+default", depth=20)[0]
+    # seeds 0-2: log10 ratio -16.2 to -16.5, accuracy 0.10 (chance); the best at depth 20
+    # 0.90 to 0.94
     assert sigmoid["log10_grad_ratio"] < -5
     assert sigmoid["val_accuracy"] < 0.2
     best = max(r["val_accuracy"] for r in run.rows if r["depth"] == 20)
@@ -80,9 +86,11 @@ def test_depth_sigmoid_gradient_vanishes_while_a_modern_recipe_trains(quick):
 def test_init_he_beats_xavier_at_30_layers(quick):
     run = quick("init")
     he, xavier = rows_by(run, init="he")[0], rows_by(run, init="xavier")[0]
+    # seeds 0-2: Xavier stalls at ln 10 (train loss 2.302-2.303, accuracy 0.10); He's loss is
+    # 0.55-0.84 below it and its accuracy 0.15-0.30 above; signal ratios -5.1 and -0.6.
     assert xavier["train_loss"] > 0.95 * math.log(10)  # stalled at chance
-    assert he["train_loss"] < xavier["train_loss"] - 0.4
-    assert he["val_accuracy"] > xavier["val_accuracy"] + 0.1
+    assert he["train_loss"] < xavier["train_loss"] - 0.2
+    assert he["val_accuracy"] > xavier["val_accuracy"] + 0.05
     assert xavier["log10_signal_ratio"] < -3 < he["log10_signal_ratio"]
 
 
@@ -101,6 +109,7 @@ def test_edge_of_chaos_trains_within_six_depth_scales_only(quick):
     run = quick("edge-of-chaos")
     ordered = rows_by(run, sigma_w2=0.3)[0]
     near_critical = rows_by(run, sigma_w2=1.5)[0]
+    # "trainable" is train accuracy >= 0.5; seeds 0-2: ordered 0.10, near-critical 0.65-0.73
     assert 6 * ordered["xi_c"] < ordered["depth"] < 6 * near_critical["xi_c"]
     assert not ordered["trainable"]
     assert near_critical["trainable"]
@@ -110,6 +119,8 @@ def test_edge_of_chaos_trains_within_six_depth_scales_only(quick):
 def test_activations_sigmoid_vanishes_and_trains_worst(quick):
     run = quick("activations")
     at = {r["activation"]: r for r in run.rows}
+    # seeds 0-2: sigmoid's log10 ratio -11.9 to -12.1 (the next lowest above -0.1), accuracy
+    # 0.10; the best of the ReLU family 0.82-0.91
     assert min(at, key=lambda a: at[a]["log10_grad_ratio"]) == "sigmoid"
     assert at["sigmoid"]["log10_grad_ratio"] < -5
     assert at["sigmoid"]["val_accuracy"] < 0.2
@@ -117,6 +128,7 @@ def test_activations_sigmoid_vanishes_and_trains_worst(quick):
 
 
 def test_clipping_keeps_the_loss_finite(quick):
+    # seeds 0-2: both unclipped set-ups go non-finite (by step 3), both clipped ones stay finite
     run = quick("clipping")
     for r in run.rows:
         if r["clip"] is None:
@@ -128,6 +140,7 @@ def test_clipping_keeps_the_loss_finite(quick):
 
 def test_optimizers_adaptive_methods_beat_plain_sgd_on_the_deep_net(quick):
     loss = quick("optimizers").conclusion.numbers["customary_train_loss"]
+    # seeds 0-2: SGD 2.298-2.302, Adam 1.02-1.23, RMSprop 0.84-1.01
     assert loss["sgd"] > 2.0  # plain SGD barely moves from ln 10
     assert loss["adam"] < loss["sgd"] - 0.5
     assert loss["rmsprop"] < loss["sgd"] - 0.5
@@ -136,8 +149,14 @@ def test_optimizers_adaptive_methods_beat_plain_sgd_on_the_deep_net(quick):
 def test_regularization_narrows_the_gap_and_kfold_chooses(quick):
     run = quick("regularization")
     numbers = run.conclusion.numbers
-    assert numbers["gap"]["none"] > 0.2  # the wide net overfits the small subset
-    assert len(numbers["narrower"]) >= 3
+    gap = numbers["gap"]
+    # seeds 0-2: the gap without regularization is 0.21, 0.17, 0.24; dropout narrows it by
+    # 0.08, 0.05, 0.09 and augmentation by 0.04, 0.06, 0.06, while weight decay's 0.02, 0.02,
+    # 0.002 and early stopping's 0 are too close to call in the quick budget.
+    assert gap["none"] > 0.1  # the wide net overfits the small subset
+    assert gap["dropout"] < gap["none"] - 0.02
+    assert gap["data_augmentation"] < gap["none"] - 0.02
+    assert {"dropout", "data_augmentation"} <= set(numbers["narrower"])
     assert len(rows_by(run, method="dropout")) == 3  # holdout + 2 KFold folds
     assert set(numbers["cv"]) == {
         "none",
@@ -146,7 +165,7 @@ def test_regularization_narrows_the_gap_and_kfold_chooses(quick):
         "early_stopping",
         "data_augmentation",
     }
-    assert all(0.1 < v < 1 for v in numbers["cv"].values())
+    assert all(0.1 < v < 1 for v in numbers["cv"].values())  # seeds 0-2: 0.24-0.28
 
 
 def test_capacity_costs_follow_connections_and_fit_follows_width(quick):
@@ -155,6 +174,7 @@ def test_capacity_costs_follow_connections_and_fit_follows_width(quick):
         assert r["flops"] == 2 * r["connections"]  # a multiply and an add per connection
         assert r["parameters"] == r["connections"] + 2 * r["width"] + 10
     small, large = sorted(run.rows, key=lambda r: r["width"])[::2]
+    # seeds 0-2: width 1 trains to 0.10-0.17; width 256 to 0.97-0.98 with a gap of 0.62-0.64
     assert small["train_accuracy"] < 0.3  # underfitting
     assert large["train_accuracy"] > 0.9 and large["gap"] > 0.3  # overfitting
 
@@ -162,14 +182,18 @@ def test_capacity_costs_follow_connections_and_fit_follows_width(quick):
 def test_transformer_pre_ln_trains_where_post_ln_fails(quick):
     run = quick("transformer-depth")
     acc = {(r["variant"], r["depth"]): r["val_accuracy"] for r in run.rows}
+    # At the quick variant's lr 3e-2, seeds 0-2: post-LN at depth 6 stays at chance (0.22-0.27
+    # of 4 classes), the other three reach 1.0. (At lr 1e-2 post-LN at depth 6 reached 1.0 on
+    # one machine and 0.76 on another.)
     assert acc[("post-LN", 1)] > 0.9 and acc[("pre-LN", 1)] > 0.9
     assert acc[("pre-LN", 6)] > 0.9
-    assert acc[("post-LN", 6)] < 0.75
+    assert acc[("post-LN", 6)] < 0.5
     assert run.conclusion.verdict == "supported"
 
 
 def test_mnist1d_baselines_keep_the_papers_order(quick):
     acc = quick("mnist1d-baselines").conclusion.numbers["accuracy"]
+    # seeds 0-2: logistic 0.31-0.32, MLP 0.59-0.60, CNN 0.76-0.84
     assert acc["logistic"] < acc["mlp"] < acc["cnn"]
     assert 0.25 < acc["logistic"] < 0.4  # the paper: 32%, already at its level in 300 steps
 
