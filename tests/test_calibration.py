@@ -17,6 +17,7 @@ _RESULTS: dict[str, CaseResult] = {}
 def test_case(case) -> None:  # type: ignore[no-untyped-def]
     result = run_case(case)
     _RESULTS[case.name] = result
+    assert result.crashed is None, result.crashed  # run_case records a crash instead of raising
     if case.healthy:
         assert not result.raised, f"healthy case raised {sorted(result.raised)}"
     else:
