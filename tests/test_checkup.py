@@ -492,3 +492,27 @@ def test_edge_of_chaos_has_no_trainable_depth_limit(digits) -> None:  # type: ig
     assert checkup(seeded(lambda: build(PROBE_DEPTH)), batch).depth["trainable_depth"] == math.inf
     deep = checkup(seeded(lambda: build(10 * PROBE_DEPTH)), batch).depth
     assert abs(math.log10(deep["first_to_last_ratio"])) < 2
+
+
+def test_functional_relus_with_negative_biases_are_dead_from_the_start(batch) -> None:  # type: ignore[no-untyped-def]
+    """A user's trial: ten layers whose ReLUs are F.relu calls and whose biases are -3. Nine
+    layers output exactly 0; the checkup used to call it healthy."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.hidden = nn.ModuleList(nn.Linear(64, 64) for _ in range(9))
+            self.out = nn.Linear(64, 10)
+            with torch.no_grad():
+                for layer in self.hidden:
+                    layer.bias.fill_(-3.0)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            for layer in self.hidden:
+                x = nn.functional.relu(layer(x))
+            return self.out(x)
+
+    chk = checkup(seeded(Net), batch)
+    (finding,) = [f for f in chk.findings if f.kind == "dead_units"]
+    assert finding.is_problem and finding.evidence["dead_frac"] == 1.0
+    assert len(finding.layers) >= 8  # what hidden.1 ... out receive: all zeros

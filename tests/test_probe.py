@@ -412,7 +412,9 @@ def test_rnn_cells_are_layers_and_the_head_activation_is_watched() -> None:
     trace = _probe_one_forward(model, torch.randn(4, 7, 3))
     assert trace.layers == ["rnn", "head.fc", "head.out"]
     assert trace.layer_types["rnn"] == "LSTM"
-    assert trace.act_sources == {"head.act": "head.fc"}
+    # the LSTM's output is tanh-bounded, so what head.fc receives is watched as a tanh too
+    assert trace.act_sources == {"head.act": "head.fc", "head.fc.input": "rnn"}
+    assert trace.act_kinds["head.fc.input"] == "tanh"
     assert np.all(np.isfinite(trace.layer.array("grad_norm_bias")))
 
 
@@ -480,3 +482,50 @@ def test_the_forward_is_observed_only_on_a_sampled_step() -> None:
             opt.step()
     assert [n - before for n in model.seen] == [1, 0, 1]  # steps 0 and 2 are sampled
     assert probe.trace.outputs.steps == [0, 2]
+
+
+# -- activations applied as functions ---------------------------------------------------------
+
+
+class _FunctionalNet(nn.Module):
+    """Linear layers with the activation applied as a function between them."""
+
+    def __init__(self, act: Any, bias: float = 0.0) -> None:
+        super().__init__()
+        self.act = act
+        self.fc1, self.fc2, self.out = nn.Linear(6, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+        with torch.no_grad():
+            self.fc1.bias.fill_(bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.act(self.fc2(self.act(self.fc1(x)))))
+
+
+def test_functional_relus_are_measured_from_what_the_next_layer_receives() -> None:
+    torch.manual_seed(0)
+    model = _FunctionalNet(torch.relu, bias=-100.0)  # fc1's units never fire
+    x = torch.randn(16, 6)
+    trace = _probe_one_forward(model, x)
+    assert trace.act_layers == ["fc2.input", "out.input"]
+    assert trace.act_kinds == {"fc2.input": "relu", "out.input": "relu"}
+    assert trace.act_sources == {"fc2.input": "fc1", "out.input": "fc2"}
+    dead = trace.acts.array("dead_frac")[0]
+    h = torch.relu(model.fc2(torch.relu(model.fc1(x))))
+    assert dead[0] == 1.0  # every unit of fc1's output is 0 for every example
+    assert dead[1] == pytest.approx(float((h.amax(0) <= 0).float().mean()))
+
+
+def test_functional_sigmoid_and_tanh_are_told_apart_by_their_values() -> None:
+    torch.manual_seed(0)
+    for act, kind in ((torch.sigmoid, "sigmoid"), (torch.tanh, "tanh")):
+        trace = _probe_one_forward(_FunctionalNet(act), torch.randn(16, 6))
+        assert set(trace.act_kinds.values()) == {kind}
+        assert np.all(np.isnan(trace.acts.array("dead_frac")))
+        assert np.all(np.isfinite(trace.acts.array("saturated_frac")))
+
+
+def test_a_norm_between_layers_is_not_mistaken_for_an_activation() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 32), nn.LayerNorm(32), nn.Linear(32, 3))
+    trace = _probe_one_forward(model, torch.randn(16, 6))
+    assert trace.act_layers == []

@@ -40,9 +40,10 @@ of every weight and every gradient. Small models pay more, because part of the c
 tensor and per module rather than per number: a 50 x 64 sigmoid MLP on batches of 64, whose
 step is 4 ms, +40% (``every=1`` +250%); a 4 x 512 ReLU MLP on batches of 256, +2% (+16%).
 
-Activation statistics come from activation *modules* (``nn.ReLU``, ``nn.Sigmoid`` ...);
-activations applied functionally (``F.relu``) are not seen, though the output scale of every
-parameterised layer still is. The rules for dead and saturated units, and every other
+Activation statistics come from activation modules (``nn.ReLU``, ``nn.Sigmoid`` ...) and, for
+activations applied as functions (``F.relu``, ``torch.sigmoid``), from what the next
+parameterised layer receives (a column ``<layer>.input``, its family told by the values).
+The rules for dead and saturated units, and every other
 statistic, are those of ``deepdoctor.stats``, which the checkup uses too.
 """
 
@@ -375,8 +376,12 @@ class Probe:
         if self._grad_row is not None:
             self._grad_row = {k: [v[i] for i in perm] for k, v in self._grad_row.items()}
         seen = walk.result.act_order
-        acts = seen + [a for a in self._acts if a not in seen]
+        functional = list(walk.result.functional)
+        acts = seen + [a for a in self._acts if a not in seen] + functional
         t = self._trace
+        for name in functional:
+            t.act_kinds[name] = walk.result.functional[name]
+            t.act_sources[name] = walk.result.act_sources.get(name)
         t.layers = ordered
         t.weight_layers = [n for n in ordered if n in set(t.weight_layers)]
         t.act_layers = acts
@@ -387,6 +392,7 @@ class Probe:
     def _finish_step(self) -> None:
         walk, self._walked = self._walked, None
         self._stop_walk()
+        seen = walk.read() if walk is not None else None  # one host sync
         self._fix_layer_order(walk)
         t = self._trace
         row = self._grad_row or {}
@@ -410,8 +416,8 @@ class Probe:
             },
         )
         t.layer.append(self._step, row)
-        if walk is not None:
-            self._record_walk(walk.read())
+        if seen is not None:
+            self._record_walk(seen)
         if self._pending_updates is not None:
             ups = self._pending_updates
             t.updates.append(self._step, {"update_ratio": [ups.get(n, math.nan) for n in t.layers]})
@@ -425,7 +431,7 @@ class Probe:
         """Write a sampled forward's statistics (a ``stats.WalkResult``) into the Trace."""
         t = self._trace
         for aname, src in seen.act_sources.items():
-            if t.act_sources.get(aname) is None:
+            if aname in t.act_sources and t.act_sources[aname] is None:
                 t.act_sources[aname] = src
         if seen.input is not None:
             t.inputs.append(
@@ -440,11 +446,17 @@ class Probe:
                     "out_std": [seen.outputs.get(n, nan2)[1] for n in t.layers],
                 },
             )
-        if seen.acts:
+        # a functional activation counts only while its values show the family first seen
+        acts = {
+            a: v
+            for a, v in seen.acts.items()
+            if a not in seen.functional or seen.functional[a] == t.act_kinds.get(a)
+        }
+        if acts:
             t.acts.append(
                 self._step,
                 {
-                    s: [seen.acts[a][i] if a in seen.acts else math.nan for a in t.act_layers]
+                    s: [acts[a][i] if a in acts else math.nan for a in t.act_layers]
                     for i, s in enumerate(t.acts.stats)
                 },
             )

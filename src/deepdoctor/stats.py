@@ -404,6 +404,9 @@ class WalkResult:
     outputs: dict[str, list[float]] = field(default_factory=dict)  # layer -> [mean, std]
     acts: dict[str, list[float]] = field(default_factory=dict)  # activation -> ACT_STATS
     input: list[float] | None = None  # INPUT_STATS of the first input
+    # Activations applied as functions, seen in what the next layer receives: their name
+    # (``<layer>.input``) -> the family the values show (relu, sigmoid, tanh)
+    functional: dict[str, str] = field(default_factory=dict)
 
 
 class ForwardWalk:
@@ -415,6 +418,12 @@ class ForwardWalk:
     activation module its ``ACT_STATS`` and the parameter layer that ran last before it (its
     source). The statistics stay tensors until ``read()``, which brings them back with one
     host sync. A module that runs twice is measured the first time.
+
+    Activations applied as functions (``F.relu``, ``torch.sigmoid``) have no module to hook:
+    they are measured from what the next parameter layer receives, when no activation
+    module ran since the previous parameter layer. The values tell the family
+    (``received_family``); an input that fits none (a norm's output, a raw linear output)
+    is not an activation and is left out.
     """
 
     def __init__(
@@ -427,6 +436,8 @@ class ForwardWalk:
         self._handle: Any = None
         self._outputs: dict[str, torch.Tensor] = {}
         self._acts: dict[str, torch.Tensor] = {}
+        self._received: dict[str, torch.Tensor] = {}  # <layer>.input -> RECEIVED_STATS
+        self._act_since_layer = False
         self._input: torch.Tensor | None = None
         self.result = WalkResult()
 
@@ -447,7 +458,8 @@ class ForwardWalk:
         res = self.result
         name = self._layer_of.get(module)
         if name is not None:
-            self._last_layer = name
+            self._note_received(name, args)
+            self._last_layer, self._act_since_layer = name, False
             if name in res.order:
                 return
             res.order.append(name)
@@ -458,6 +470,7 @@ class ForwardWalk:
         act = self._act_of.get(module)
         if act is None or not isinstance(output, torch.Tensor):
             return
+        self._act_since_layer = True
         aname, kind = act
         if aname in self._acts:
             return
@@ -467,10 +480,23 @@ class ForwardWalk:
         conv_like = isinstance(self._layers.get(src or ""), CHANNEL_FIRST_TYPES)
         self._acts[aname] = activation_stats(output, kind, conv_like)
 
+    def _note_received(self, name: str, args: Any) -> None:
+        """What ``name`` receives, when a function may have applied an activation to it."""
+        src = self._last_layer
+        key = f"{name}.input"
+        if src is None or self._act_since_layer or key in self._received or src == name:
+            return
+        x = next((a for a in args if isinstance(a, torch.Tensor)), None)
+        if x is None or not x.is_floating_point() or x.dim() < 2:
+            return
+        conv_like = isinstance(self._layers.get(src), CHANNEL_FIRST_TYPES)
+        self._received[key] = received_stats(x, conv_like)
+        self.result.act_sources[key] = src
+
     def read(self) -> WalkResult:
         """The statistics as floats (one host sync)."""
         res = self.result
-        tensors = [*self._outputs.values(), *self._acts.values()]
+        tensors = [*self._outputs.values(), *self._acts.values(), *self._received.values()]
         if self._input is not None:
             tensors.append(self._input)
         if tensors:
@@ -483,10 +509,60 @@ class ForwardWalk:
             for name in self._acts:
                 res.acts[name] = values[k : k + len(ACT_STATS)]
                 k += len(ACT_STATS)
+            for name in self._received:
+                family, stats = received_family(values[k : k + len(RECEIVED_STATS)])
+                k += len(RECEIVED_STATS)
+                if family is None:
+                    res.act_sources.pop(name, None)
+                    continue
+                res.functional[name] = family
+                res.acts[name] = stats
             if self._input is not None:
                 res.input = values[k : k + len(INPUT_STATS)]
-        self._outputs, self._acts, self._input = {}, {}, None
+        self._outputs, self._acts, self._received, self._input = {}, {}, {}, None
         return res
+
+
+# What a layer receives, for telling a functional activation's family by its values.
+RECEIVED_STATS = ["min", "max", "mean", "std", "dead_frac", "sigmoid_sat", "tanh_sat"]
+
+
+def received_stats(x: torch.Tensor, conv_like: bool) -> torch.Tensor:
+    """``RECEIVED_STATS`` of a layer's input, as one tensor (no host sync)."""
+    with torch.no_grad():
+        x = x.detach().float()
+        unit = 1 if conv_like else x.dim() - 1
+        peak = x.amax(dim=[d for d in range(x.dim()) if d != unit])
+        mean, std = mean_std(x)
+        lo, hi = SATURATING_BOUNDS["sigmoid"]
+        m = SATURATION_MARGIN * (hi - lo)
+        sig = ((x < lo + m) | (x > hi - m)).float().mean()
+        lo, hi = SATURATING_BOUNDS["tanh"]
+        m = SATURATION_MARGIN * (hi - lo)
+        tanh = ((x < lo + m) | (x > hi - m)).float().mean()
+        return torch.stack([x.min(), x.max(), mean, std, (peak <= 0).float().mean(), sig, tanh])
+
+
+def received_family(values: list[float]) -> tuple[str | None, list[float]]:
+    """The activation family a layer's input shows, and its ``ACT_STATS``.
+
+    relu: nothing below 0 and a minimum of exactly 0; sigmoid: inside [0, 1] and either
+    above 0 everywhere or reaching exactly 1 too (float32's sigmoid rounds to exactly 0 and
+    1 deep in its tails, a ReLU does not stop at 1); tanh: inside [-1, 1] with negative
+    values. Anything else (a norm's output, a raw linear output spread past +-1) is no
+    activation: None.
+    """
+    low, high, mean, std, dead, sig, tanh = values
+    nonfinite = float(not (math.isfinite(mean) and math.isfinite(std)))
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return None, []
+    if (low > 0.0 and high <= 1.0) or (low == 0.0 and high == 1.0):
+        return "sigmoid", [mean, std, math.nan, sig, nonfinite]
+    if low == 0.0:
+        return "relu", [mean, std, dead, math.nan, nonfinite]
+    if -1.0 <= low < 0.0 and high <= 1.0:
+        return "tanh", [mean, std, math.nan, tanh, nonfinite]
+    return None, []
 
 
 # -- what the targets say about the task ----------------------------------------------------------

@@ -1,8 +1,7 @@
 """Activation detectors: saturated_units (sigmoid / tanh tails), dead_units (silent ReLUs).
 
-They read the Probe's sampled activation table, which only sees activation *modules*; a model
-that applies its nonlinearities functionally gets no activation finding (the gradient
-detectors still see it).
+They read the Probe's sampled activation table: activation modules, and activations applied
+as functions as the next layer receives them (``stats.ForwardWalk``).
 
 Saturation is judged at the start of training. Units that start in their flat tails cannot
 learn their way out, which is the disease; units that *end* saturated after the loss fell
