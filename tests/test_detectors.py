@@ -343,9 +343,10 @@ def test_a_gradient_jump_in_time_is_not_explained_by_a_bad_init_loss() -> None:
     trace.steps.set_value("loss", 0, 0, 30.0)
     trace.steps.set_value("grad_norm_total", 30, 0, 500.0)
     by_kind = {f.kind: f for f in dd.detect(trace)}
-    assert by_kind["exploding_gradients"].is_problem and "jump" in by_kind[
-        "exploding_gradients"
-    ].evidence
+    assert (
+        by_kind["exploding_gradients"].is_problem
+        and "jump" in by_kind["exploding_gradients"].evidence
+    )
     assert by_kind["exploding_gradients"].caused_by is None
 
 
