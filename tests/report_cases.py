@@ -295,7 +295,7 @@ def synthetic_diagnosis(
         for s in range(n_steps // 10, n_steps + 1, n_steps // 10)
     ]
     trace = {
-        "format_version": 1,
+        "format_version": 2,
         "layers": names,
         "layer_types": dict.fromkeys(names, "Linear"),
         "act_layers": act_names,
