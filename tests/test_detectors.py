@@ -4,6 +4,7 @@ numbers and its threshold in the evidence, and stays silent when its inputs are 
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -355,3 +356,19 @@ def test_every_row_of_the_causes_table_names_real_kinds() -> None:
     from deepdoctor.findings import KINDS
 
     assert CAUSES and all(c in KINDS and r in KINDS for c, r, _ in CAUSES)
+
+
+def test_nanmedian_matches_numpy_on_random_arrays_with_nan_and_inf() -> None:
+    from deepdoctor.detectors._common import nanmedian
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        shape = tuple(int(n) for n in rng.integers(0, 6, size=rng.integers(1, 3)))
+        a = rng.normal(size=shape)
+        a[rng.random(shape) < 0.3] = np.nan
+        a[rng.random(shape) < 0.05] = np.inf
+        for axis in [None, *range(a.ndim)]:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                expected = np.nanmedian(a, axis=axis)
+            np.testing.assert_allclose(nanmedian(a, axis=axis), expected, equal_nan=True)

@@ -279,9 +279,11 @@ def input_stats(x: torch.Tensor) -> torch.Tensor | None:
             if x.dim() == 2
             else x.transpose(0, 1).reshape(x.shape[1], -1).T
         )
+        # two passes, not Tensor.std's element-by-element Welford update (3-4x slower)
         fmean = flat.mean(0)
-        fstd = flat.std(0)
-        return torch.stack([x.mean(), x.std(), fmean.abs().max(), fstd.max(), fstd.min()])
+        fstd = ((flat - fmean).square_().sum(0) / max(1, flat.shape[0] - 1)).sqrt_()
+        mean, std = mean_std(x)
+        return torch.stack([mean, std, fmean.abs().max(), fstd.max(), fstd.min()])
 
 
 def gradient_sq_norms(loss: torch.Tensor, params: Sequence[torch.Tensor]) -> list[float]:
@@ -432,6 +434,7 @@ class ForwardWalk:
         self._layers = dict(layers)
         self._layer_of = {m: n for n, m in layers.items()}
         self._last_layer: str | None = None  # the parameter layer that ran most recently
+        self._last_output: tuple[int, int] | None = None  # ... its output's (data_ptr, numel)
         self._act_of = {m: (n, kind) for n, (m, kind) in acts.items()}
         self._handle: Any = None
         self._outputs: dict[str, torch.Tensor] = {}
@@ -460,10 +463,13 @@ class ForwardWalk:
         if name is not None:
             self._note_received(name, args)
             self._last_layer, self._act_since_layer = name, False
+            out = output[0] if isinstance(output, tuple | list) else output
+            self._last_output = (
+                (out.data_ptr(), out.numel()) if isinstance(out, torch.Tensor) else None
+            )
             if name in res.order:
                 return
             res.order.append(name)
-            out = output[0] if isinstance(output, tuple | list) else output
             if isinstance(out, torch.Tensor) and out.is_floating_point():
                 self._outputs[name] = torch.stack(mean_std(out.detach().float()))
             return
@@ -489,6 +495,8 @@ class ForwardWalk:
         x = next((a for a in args if isinstance(a, torch.Tensor)), None)
         if x is None or not x.is_floating_point() or x.dim() < 2:
             return
+        if (x.data_ptr(), x.numel()) == self._last_output:
+            return  # the previous layer's output itself (or a view of it): no function ran
         conv_like = isinstance(self._layers.get(src), CHANNEL_FIRST_TYPES)
         self._received[key] = received_stats(x, conv_like)
         self.result.act_sources[key] = src
@@ -524,23 +532,31 @@ class ForwardWalk:
 
 
 # What a layer receives, for telling a functional activation's family by its values.
-RECEIVED_STATS = ["min", "max", "mean", "std", "dead_frac", "sigmoid_sat", "tanh_sat"]
+RECEIVED_STATS = ["min", "max", "dead_frac", "sigmoid_sat", "tanh_sat"]
+
+
+SATURATION_SAMPLE = 8192  # saturated fractions of a received input from ~this many values
 
 
 def received_stats(x: torch.Tensor, conv_like: bool) -> torch.Tensor:
-    """``RECEIVED_STATS`` of a layer's input, as one tensor (no host sync)."""
+    """``RECEIVED_STATS`` of a layer's input, as one tensor (no host sync).
+
+    Two passes over the whole input, for what must be exact: its minimum and maximum (the
+    family) and each unit's largest value (a dead unit is zero for every example). The
+    saturated fractions are estimated from an evenly strided sample of about
+    ``SATURATION_SAMPLE`` values (their standard error is below 0.6 points), since most
+    inputs measured here turn out to be no activation at all.
+    """
     with torch.no_grad():
         x = x.detach().float()
         unit = 1 if conv_like else x.dim() - 1
         peak = x.amax(dim=[d for d in range(x.dim()) if d != unit])
-        mean, std = mean_std(x)
-        lo, hi = SATURATING_BOUNDS["sigmoid"]
-        m = SATURATION_MARGIN * (hi - lo)
-        sig = ((x < lo + m) | (x > hi - m)).float().mean()
-        lo, hi = SATURATING_BOUNDS["tanh"]
-        m = SATURATION_MARGIN * (hi - lo)
-        tanh = ((x < lo + m) | (x > hi - m)).float().mean()
-        return torch.stack([x.min(), x.max(), mean, std, (peak <= 0).float().mean(), sig, tanh])
+        low, high = torch.aminmax(x)
+        flat = x.reshape(-1)
+        sample = flat[:: max(1, flat.numel() // SATURATION_SAMPLE)]
+        sig = ((sample < SATURATION_MARGIN) | (sample > 1 - SATURATION_MARGIN)).float().mean()
+        tanh = (sample.abs() > 1 - 2 * SATURATION_MARGIN).float().mean()  # 1% of the range
+        return torch.stack([low, high, (peak <= 0).float().mean(), sig, tanh])
 
 
 def received_family(values: list[float]) -> tuple[str | None, list[float]]:
@@ -552,16 +568,16 @@ def received_family(values: list[float]) -> tuple[str | None, list[float]]:
     values. Anything else (a norm's output, a raw linear output spread past +-1) is no
     activation: None.
     """
-    low, high, mean, std, dead, sig, tanh = values
-    nonfinite = float(not (math.isfinite(mean) and math.isfinite(std)))
+    low, high, dead, sig, tanh = values
+    nan = math.nan  # mean and std are not measured for these: ACT_STATS keeps their place
     if not (math.isfinite(low) and math.isfinite(high)):
         return None, []
     if (low > 0.0 and high <= 1.0) or (low == 0.0 and high == 1.0):
-        return "sigmoid", [mean, std, math.nan, sig, nonfinite]
+        return "sigmoid", [nan, nan, nan, sig, 0.0]
     if low == 0.0:
-        return "relu", [mean, std, dead, math.nan, nonfinite]
+        return "relu", [nan, nan, dead, nan, 0.0]
     if -1.0 <= low < 0.0 and high <= 1.0:
-        return "tanh", [mean, std, math.nan, tanh, nonfinite]
+        return "tanh", [nan, nan, nan, tanh, 0.0]
     return None, []
 
 
