@@ -26,6 +26,7 @@ from .detectors import BLOWUP_FACTOR, detect
 from .experiment import Experiment
 from .findings import Finding
 from .probe import Probe
+from .reference import fit_reference
 from .results import Result
 from .trace import Trace
 from .training import (
@@ -178,6 +179,7 @@ def diagnose(
     eval_every: int | None = None,
     augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
     blowup: float = BLOWUP_FACTOR,
+    reference: bool = True,
     name: str = "diagnose",
     description: str = "",
 ) -> Diagnosis:
@@ -188,6 +190,8 @@ def diagnose(
     factory ``params -> optimizer``; default SGD(lr=0.1). in_place: train ``model`` and
     ``optimizer`` themselves. every: record activations every so many steps (default: about
     20 times per run). blowup: stop when the loss exceeds this multiple of its start.
+    reference: fit cheap scikit-learn models on the same split (``deepdoctor.reference``,
+    about a second) as the yardstick for underfitting; False to skip them.
     The other keywords are passed to ``deepdoctor.training.train``.
 
     >>> import deepdoctor as dd
@@ -243,6 +247,9 @@ def diagnose(
             callbacks=[BlowupStop(blowup)],
         )
     trace = probe.trace
+    trace.facts.reference = (
+        fit_reference(train, val, loss_fn).to_dict() if reference else {"skipped": "turned off"}
+    )
     early = history.stopped not in ("completed",)
     return Diagnosis(
         findings=detect(trace),

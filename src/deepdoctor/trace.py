@@ -64,6 +64,9 @@ class RunFacts:
     nonfinite_at: dict[str, Any] | None = None  # step, first_nonfinite_module, weights
     frozen_parameters: list[str] = field(default_factory=list)
     every: int | None = None  # the Probe's sampling interval
+    # the best cheap model's score on the split (deepdoctor.reference), or {"skipped": why}
+    reference: dict[str, Any] | None = None
+    train_metrics: str | None = None  # how the train evaluations were measured (BN mode)
 
     def to_dict(self) -> dict[str, Any]:
         return json_ready(asdict(self))

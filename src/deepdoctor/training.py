@@ -36,6 +36,12 @@ DEFAULT_LR = 0.1  # plain SGD's customary starting point for standardised inputs
 CLASS_COUNT_SAMPLES = 100_000  # count classes over at most this many samples of a loader
 TRAIN_EVAL_SAMPLES = 2048  # the train metrics are measured on a fixed sample of this size
 EVAL_CHUNK = 1024
+# How the train metrics were measured (``RunFacts.train_metrics``), without / with batch norm:
+# validation is always in eval mode, what users deploy.
+TRAIN_METRICS = {
+    False: "eval mode",
+    True: "no grad, batch norm on batch statistics (running statistics restored)",
+}
 SCHEDULES = ("constant", "step", "cosine", "warmup", "warmup_cosine")
 WARMUP_FRACTION = 0.1  # warmup schedules ramp the learning rate up over the first 10% of steps
 
@@ -235,24 +241,55 @@ def accuracy(out: torch.Tensor, y: torch.Tensor, task: str) -> float:
     return math.nan
 
 
+def batch_norm_layers(model: nn.Module) -> list[nn.Module]:
+    """The batch-norm layers that keep running statistics."""
+    return [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
+
+
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, X: torch.Tensor, y: torch.Tensor, loss_fn: Callable[..., Any], task: str
+    model: nn.Module,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn: Callable[..., Any],
+    task: str,
+    *,
+    batch_stats: bool = False,
 ) -> tuple[float, float]:
-    """Mean loss and accuracy (NaN for regression) in eval mode; the mode is restored."""
+    """Mean loss and accuracy (NaN for regression) in eval mode; the mode is restored.
+
+    batch_stats: batch-norm layers normalise with each chunk's own statistics, as in
+    training, instead of running statistics that early in a run have not converged (on a
+    ResNet they gave a "training loss" of 1e4 against 6 per step); their running statistics
+    are put back afterwards, so the run is not changed. Dropout stays off either way.
+    """
     was_training = model.training
     model.eval()
+    norms = batch_norm_layers(model) if batch_stats else []
+    saved = [[b.clone() for b in m.buffers(recurse=False)] for m in norms]
+    chunk = EVAL_CHUNK
+    if norms:
+        chunk = math.ceil(len(X) / math.ceil(len(X) / EVAL_CHUNK))  # no tiny last chunk
+        for m in norms:
+            m.train()
     try:
         total, correct, n = 0.0, 0.0, 0
-        for start in range(0, len(X), EVAL_CHUNK):
-            xb = X[start : start + EVAL_CHUNK]
-            yb = targets_for(y[start : start + EVAL_CHUNK], task)
+        for start in range(0, len(X), chunk):
+            xb = X[start : start + chunk]
+            yb = targets_for(y[start : start + chunk], task)
             out = fit_output(logits_of(model(xb)), yb, task)
             total += float(compute_loss(loss_fn, out, yb)) * len(xb)
             if task != "regression":
                 correct += accuracy(out, yb, task) * len(xb)
             n += len(xb)
     finally:
+        for m, buffers in zip(norms, saved, strict=True):
+            for b, kept in zip(m.buffers(recurse=False), buffers, strict=True):
+                b.copy_(kept)
         model.train(was_training)
     return total / n, (correct / n if task != "regression" else math.nan)
 
@@ -526,6 +563,10 @@ class _Run:
         self.task = infer_task(self.y_probe, loss_fn)
         self.loss_fn = loss_fn if loss_fn is not None else default_loss(self.y_probe)
         self.val_tensors = loader_tensors(val) if val is not None else None
+        # the train metrics the fit detectors read: batch-norm layers on batch statistics
+        self.batch_stats = bool(batch_norm_layers(model))
+        if probe is not None:
+            probe.trace.facts.train_metrics = TRAIN_METRICS[self.batch_stats]
         self.opt = make_optimizer(optimizer, model)
         self.base_lrs = [g["lr"] for g in self.opt.param_groups]
         self.factor: Callable[[int], float] = lambda step: 1.0
@@ -584,7 +625,14 @@ class _Run:
             }
 
     def evaluate(self, step: int) -> dict[str, float]:
-        tl, ta = evaluate(self.model, self.X_probe, self.y_probe, self.loss_fn, self.task)
+        tl, ta = evaluate(
+            self.model,
+            self.X_probe,
+            self.y_probe,
+            self.loss_fn,
+            self.task,
+            batch_stats=self.batch_stats,
+        )
         metrics = {"step": float(step), "train_loss": tl, "train_accuracy": ta}
         if self.val_tensors is not None:
             vl, va = evaluate(self.model, *self.val_tensors, self.loss_fn, self.task)
