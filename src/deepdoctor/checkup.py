@@ -226,8 +226,13 @@ def measure_step0(
                 "the loss does not depend on any trainable parameter, so there is no gradient "
                 "to check; does the model's forward use its layers?"
             )
-        logit_std = float(out.detach().float().std()) if out.numel() > 1 else 0.0
-        probe.record_loss(loss, targets=y)
+        # the loss and the logits' spread in one host sync (float64 holds either exactly)
+        read = [loss.detach().reshape(())]
+        if out.numel() > 1:
+            read.append(out.detach().float().std().to(read[0].device))
+        values = torch.stack([t.double() for t in read]).tolist()
+        logit_std = values[1] if out.numel() > 1 else 0.0
+        probe.record_loss(values[0], targets=y)
         probe.end_step(gradients_of=loss)
     trace = probe.trace
     if not math.isfinite(trace.loss()[0]):

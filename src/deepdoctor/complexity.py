@@ -122,7 +122,8 @@ def untouched(model: nn.Module) -> Iterator[None]:
     """
     modes = [(m, m.training) for m in model.modules()]
     buffers = [(b, b.detach().clone()) for b in model.buffers()]
-    devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+    # is_cuda first: no device object made for every parameter of a CPU model
+    devices = sorted({p.device.index or 0 for p in model.parameters() if p.is_cuda})
     np_state, py_state = np.random.get_state(), random.getstate()
     try:
         with torch.random.fork_rng(devices=devices):

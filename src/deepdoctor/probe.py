@@ -66,7 +66,7 @@ from .stats import (
     TargetTally,
     activation_modules,
     forward_ordered,
-    gradient_sq_norms,
+    gradient_norm_tensors,
     is_weight_layer,
     norms,
     output_tensor,
@@ -264,12 +264,12 @@ class Probe:
         without changing the model).
         """
         if self._grad_row is None:
-            grad_sq = (
-                gradient_sq_norms(gradients_of, self._index.params)
+            grad_norms = (
+                gradient_norm_tensors(gradients_of, self._index.params)
                 if gradients_of is not None
                 else None
             )
-            self._grad_row, self._grads_nonfinite = self._index.read(grad_sq)
+            self._grad_row, self._grads_nonfinite = self._index.read(grad_norms=grad_norms)
         self._finish_step()
 
     def _set_last(self, stat: str, value: float) -> None:
@@ -370,20 +370,23 @@ class Probe:
         self._order_fixed = True
         registered = list(self._layers)
         ordered = forward_ordered(registered, walk.result.order)
-        perm = [registered.index(n) for n in ordered]
+        position = {n: i for i, n in enumerate(registered)}
+        perm = [position[n] for n in ordered]
         self._layers = {n: self._layers[n] for n in ordered}
         self._index.reorder(ordered)
         if self._grad_row is not None:
             self._grad_row = {k: [v[i] for i in perm] for k, v in self._grad_row.items()}
         seen = walk.result.act_order
         functional = list(walk.result.functional)
-        acts = seen + [a for a in self._acts if a not in seen] + functional
+        seen_set = set(seen)
+        acts = seen + [a for a in self._acts if a not in seen_set] + functional
         t = self._trace
         for name in functional:
             t.act_kinds[name] = walk.result.functional[name]
             t.act_sources[name] = walk.result.act_sources.get(name)
         t.layers = ordered
-        t.weight_layers = [n for n in ordered if n in set(t.weight_layers)]
+        weights = set(t.weight_layers)
+        t.weight_layers = [n for n in ordered if n in weights]
         t.act_layers = acts
         for table in (t.layer, t.outputs, t.updates):
             table.names = ordered

@@ -194,12 +194,15 @@ def forward_ordered(registered: list[str], ran: list[str]) -> list[str]:
     A layer the forward did not call as a module (e.g. attention's out_proj, used
     functionally) goes right after the nearest earlier registered layer.
     """
-    ordered = [name for name in ran if name in registered]
+    known = set(registered)
+    ordered = [name for name in ran if name in known]
+    placed = set(ordered)  # sets, not the lists: a 1,000-layer net made this quadratic
     for i, name in enumerate(registered):
-        if name in ordered:
+        if name in placed:
             continue
-        prev = next((registered[j] for j in range(i - 1, -1, -1) if registered[j] in ordered), None)
+        prev = next((registered[j] for j in range(i - 1, -1, -1) if registered[j] in placed), None)
         ordered.insert(ordered.index(prev) + 1 if prev else 0, name)
+        placed.add(name)
     return ordered
 
 
@@ -214,15 +217,31 @@ def norms(tensors: Sequence[torch.Tensor]) -> list[float]:
     therefore recomputed in float64 (good down to ~1e-154). Only those: a float64 norm of
     every tensor costs ten times as much.
     """
+    return norms_and(tensors, [])[0]
+
+
+def norms_and(
+    tensors: Sequence[torch.Tensor], also: Sequence[torch.Tensor]
+) -> tuple[list[float], list[float]]:
+    """``norms(tensors)``, and the 0-dim float64 tensors ``also`` read in the same host sync."""
     if not tensors:
-        return []
-    values = torch.stack(torch._foreach_norm(list(tensors))).float().tolist()
+        if not also:
+            return [], []
+        device = also[0].device
+        return [], torch.stack([t.to(device) for t in also]).tolist()
+    norm32 = torch.stack(torch._foreach_norm(list(tensors))).float()
+    if also:
+        device = norm32.device
+        both = torch.cat([norm32.double(), torch.stack([t.to(device) for t in also])]).tolist()
+        values, extra = both[: len(tensors)], both[len(tensors) :]
+    else:
+        values, extra = norm32.tolist(), []
     tiny = [i for i, v in enumerate(values) if v < TINY_NORM]  # NaN compares False: stays
     if tiny:
         exact = torch._foreach_norm([tensors[i] for i in tiny], 2, dtype=torch.float64)
         for i, v in zip(tiny, torch.stack(exact).tolist(), strict=True):
             values[i] = v
-    return values
+    return values, extra
 
 
 def mean_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -234,12 +253,22 @@ def mean_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     digit when the mean is large against the spread. One difference: deviations past ~1e19
     square beyond float32's range and read inf, where ``Tensor.std`` stays finite.
     """
+    mean, sqdev = mean_sqdev(x)
+    if sqdev is None:
+        return mean, x.new_zeros(())
+    return mean, (sqdev / (x.numel() - 1)).sqrt()
+
+
+def mean_sqdev(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The two passes of ``mean_std``: the mean and the sum of squared deviations from it
+    (None for a single element). ``ForwardWalk`` divides and takes the square roots of many
+    at once, with the same float32 operations, so the std is the same to the bit."""
     mean = x.mean()
     if x.numel() < 2:
-        return mean, x.new_zeros(())
+        return mean, None
     dev = x - mean
     dev.square_()
-    return mean, (dev.sum() / (x.numel() - 1)).sqrt()
+    return mean, dev.sum()
 
 
 def activation_stats(output: torch.Tensor, kind: str, conv_like: bool) -> torch.Tensor:
@@ -248,21 +277,38 @@ def activation_stats(output: torch.Tensor, kind: str, conv_like: bool) -> torch.
     with torch.no_grad():
         x = output.detach().float()
         nan = x.new_full((), math.nan)
-        dead = sat = nan
-        if kind in DYING_ACTIVATIONS and x.dim() >= 2:
-            unit = 1 if conv_like else x.dim() - 1
-            # ReLU outputs are >= 0, so a unit is alive when its largest output is above 0
-            # (a max over every other axis: no copy, a third of the cost of != 0 / any).
-            peak = x.amax(dim=[d for d in range(x.dim()) if d != unit])
-            dead = (peak <= 0).float().mean()
-        if kind in SATURATING_BOUNDS:
-            lo, hi = SATURATING_BOUNDS[kind]
-            margin = SATURATION_MARGIN * (hi - lo)
-            sat = ((x < lo + margin) | (x > hi - margin)).float().mean()
+        dead, sat = unit_fractions(x, kind, conv_like)
         mean, std = mean_std(x)
         # A NaN or Inf anywhere makes the mean NaN or Inf; so does a sum past float32's
         # range (~3e38), which is as good as infinite. Cheaper than isfinite(x).all().
-        return torch.stack([mean, std, dead, sat, (~torch.isfinite(mean)).float()])
+        return torch.stack(
+            [
+                mean,
+                std,
+                nan if dead is None else dead,
+                nan if sat is None else sat,
+                (~torch.isfinite(mean)).float(),
+            ]
+        )
+
+
+def unit_fractions(
+    x: torch.Tensor, kind: str, conv_like: bool
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The dead and the saturated fraction of an activation's float output ``x`` (None
+    where the rule does not apply to ``kind``)."""
+    dead = sat = None
+    if kind in DYING_ACTIVATIONS and x.dim() >= 2:
+        unit = 1 if conv_like else x.dim() - 1
+        # ReLU outputs are >= 0, so a unit is alive when its largest output is above 0
+        # (a max over every other axis: no copy, a third of the cost of != 0 / any).
+        peak = x.amax(dim=[d for d in range(x.dim()) if d != unit])
+        dead = (peak <= 0).float().mean()
+    if kind in SATURATING_BOUNDS:
+        lo, hi = SATURATING_BOUNDS[kind]
+        margin = SATURATION_MARGIN * (hi - lo)
+        sat = ((x < lo + margin) | (x > hi - margin)).float().mean()
+    return dead, sat
 
 
 def input_stats(x: torch.Tensor) -> torch.Tensor | None:
@@ -295,6 +341,23 @@ def gradient_sq_norms(loss: torch.Tensor, params: Sequence[torch.Tensor]) -> lis
     so no more than a layer's gradient is alive at a time: the pass needs less memory than a
     training step, which keeps every gradient.
     """
+    found = gradient_norm_tensors(loss, params)
+    if not found:
+        return [math.nan] * len(params)
+    device = next(iter(found.values())).device
+    read = torch.stack([n.to(device) for n in found.values()]).tolist()
+    return _squared(dict(zip(found, read, strict=True)), len(params))
+
+
+def _squared(norms_by_index: Mapping[int, float], n: int) -> list[float]:
+    return [norms_by_index[i] ** 2 if i in norms_by_index else math.nan for i in range(n)]
+
+
+def gradient_norm_tensors(
+    loss: torch.Tensor, params: Sequence[torch.Tensor]
+) -> dict[int, torch.Tensor]:
+    """``gradient_sq_norms`` before its host sync: parameter index -> the gradient's norm, a
+    0-dim float64 tensor (unused parameters are missing)."""
     found: dict[int, torch.Tensor] = {}
     zeros: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
 
@@ -315,12 +378,7 @@ def gradient_sq_norms(loss: torch.Tensor, params: Sequence[torch.Tensor]) -> lis
     finally:
         for handle in handles:
             handle.remove()
-    if not found:
-        return [math.nan] * len(params)
-    device = next(iter(found.values())).device
-    read = torch.stack([n.to(device) for n in found.values()]).tolist()
-    values = dict(zip(found, read, strict=True))
-    return [values[i] ** 2 if i in values else math.nan for i in range(len(params))]
+    return found
 
 
 # -- per-layer norms ----------------------------------------------------------------------------
@@ -354,14 +412,24 @@ class ParameterIndex:
         self.layer_params = {n: self.layer_params[n] for n in names}
         self._flatten()
 
-    def read(self, grad_sq: Sequence[float] | None = None) -> tuple[dict[str, list[float]], bool]:
+    def read(
+        self,
+        grad_sq: Sequence[float] | None = None,
+        grad_norms: Mapping[int, torch.Tensor] | None = None,
+    ) -> tuple[dict[str, list[float]], bool]:
         """The per-layer norm rows, and whether any gradient was NaN or Inf.
 
         ``grad_sq``: squared gradient norms per parameter (``self.params`` order, NaN for a
-        parameter without one) measured by the caller; by default the norms of ``.grad``.
-        One host sync either way.
+        parameter without one) measured by the caller; ``grad_norms``: the same as
+        ``stats.gradient_norm_tensors`` gives them, read with the weight norms; by default
+        the norms of ``.grad``. One host sync in every case.
         """
         n = len(self.layer_params)
+        weight_values: list[float] | None = None
+        if grad_norms is not None:
+            with torch.no_grad():
+                weight_values, read = norms_and(self.params, list(grad_norms.values()))
+            grad_sq = _squared(dict(zip(grad_norms, read, strict=True)), len(self.params))
         if grad_sq is None:
             grads = [p.grad for p in self.params]
             present = [j for j, g in enumerate(grads) if g is not None]
@@ -374,8 +442,9 @@ class ParameterIndex:
         else:
             squares = {j: v for j, v in enumerate(grad_sq) if not math.isnan(v)}
             grad_values = list(squares.values())
-            with torch.no_grad():
-                weight_values = norms(self.params)
+            if weight_values is None:
+                with torch.no_grad():
+                    weight_values = norms(self.params)
         w_sq = [math.nan] * n
         b_sq = [math.nan] * n
         for j, sq in squares.items():
@@ -437,8 +506,16 @@ class ForwardWalk:
         self._last_output: tuple[int, int] | None = None  # ... its output's (data_ptr, numel)
         self._act_of = {m: (n, kind) for n, (m, kind) in acts.items()}
         self._handle: Any = None
-        self._outputs: dict[str, torch.Tensor] = {}
-        self._acts: dict[str, torch.Tensor] = {}
+        self._ran: set[str] = set()  # res.order as a set
+        # Each observed module's statistics as one tensor (as few tensors as layers are
+        # kept through the backward pass), read back by position; the sums of squared
+        # deviations (their positions and degrees of freedom) become stds all at once there.
+        self._kept: list[torch.Tensor] = []
+        self._n_kept = 0
+        self._sq_at: list[int] = []
+        self._dof: list[int] = []
+        self._outputs: dict[str, tuple[int, ...]] = {}  # layer -> (mean, sqdev) positions
+        self._acts: dict[str, tuple[int, ...]] = {}  # ... mean, sqdev, dead, sat
         self._received: dict[str, torch.Tensor] = {}  # <layer>.input -> RECEIVED_STATS
         self._act_since_layer = False
         self._input: torch.Tensor | None = None
@@ -467,11 +544,12 @@ class ForwardWalk:
             self._last_output = (
                 (out.data_ptr(), out.numel()) if isinstance(out, torch.Tensor) else None
             )
-            if name in res.order:
+            if name in self._ran:
                 return
+            self._ran.add(name)
             res.order.append(name)
             if isinstance(out, torch.Tensor) and out.is_floating_point():
-                self._outputs[name] = torch.stack(mean_std(out.detach().float()))
+                self._outputs[name] = self._keep(out.detach().float())
             return
         act = self._act_of.get(module)
         if act is None or not isinstance(output, torch.Tensor):
@@ -484,7 +562,27 @@ class ForwardWalk:
         res.act_order.append(aname)
         res.act_sources[aname] = src
         conv_like = isinstance(self._layers.get(src or ""), CHANNEL_FIRST_TYPES)
-        self._acts[aname] = activation_stats(output, kind, conv_like)
+        # activation_stats, its tensors kept apart until read() (detached: no graph)
+        x = output.detach().float()
+        self._acts[aname] = self._keep(x, *unit_fractions(x, kind, conv_like))
+
+    def _keep(self, x: torch.Tensor, *more: torch.Tensor | None) -> tuple[int, ...]:
+        """Keep ``mean_std(x)`` (as mean and sum of squared deviations) and the 0-dim
+        statistics ``more`` for read(), in one tensor; their positions (-1: none, which
+        read() turns into a std of 0.0 or NaN)."""
+        mean, sqdev = mean_sqdev(x)
+        parts = [mean, sqdev, *more]
+        present = [t for t in parts if t is not None]
+        at, k = [], self._n_kept
+        for t in parts:
+            at.append(-1 if t is None else k)
+            k += t is not None
+        if sqdev is not None:
+            self._sq_at.append(at[1])
+            self._dof.append(x.numel() - 1)
+        self._kept.append(torch.stack(present))
+        self._n_kept = k
+        return tuple(at)
 
     def _note_received(self, name: str, args: Any) -> None:
         """What ``name`` receives, when a function may have applied an activation to it."""
@@ -504,19 +602,39 @@ class ForwardWalk:
     def read(self) -> WalkResult:
         """The statistics as floats (one host sync)."""
         res = self.result
-        tensors = [*self._outputs.values(), *self._acts.values(), *self._received.values()]
+        tensors = [*self._received.values()]
         if self._input is not None:
             tensors.append(self._input)
+        n_kept, n_std = self._n_kept, len(self._sq_at)
+        if self._kept:
+            device = self._kept[0].device
+            kept = torch.cat([t.to(device) for t in self._kept])
+            tensors.insert(0, kept)
+            if self._sq_at:
+                dof = torch.tensor(self._dof, dtype=kept.dtype, device=device)
+                tensors.insert(1, (kept[self._sq_at] / dof).sqrt())  # as mean_std does
         if tensors:
             device = tensors[0].device
             values = torch.cat([t.reshape(-1).to(device) for t in tensors]).tolist()
-            k = 0
-            for name in self._outputs:
-                res.outputs[name] = values[k : k + 2]
-                k += 2
-            for name in self._acts:
-                res.acts[name] = values[k : k + len(ACT_STATS)]
-                k += len(ACT_STATS)
+            scalars = values[:n_kept]
+            std_at = dict(zip(self._sq_at, values[n_kept : n_kept + n_std], strict=True))
+            nan = math.nan
+
+            def std(i: int) -> float:
+                return std_at[i] if i >= 0 else 0.0
+
+            for name, (m, s) in self._outputs.items():
+                res.outputs[name] = [scalars[m], std(s)]
+            for name, (m, s, d, f) in self._acts.items():
+                mean = scalars[m]
+                res.acts[name] = [
+                    mean,
+                    std(s),
+                    scalars[d] if d >= 0 else nan,
+                    scalars[f] if f >= 0 else nan,
+                    0.0 if math.isfinite(mean) else 1.0,  # activation_stats' nonfinite
+                ]
+            k = n_kept + n_std
             for name in self._received:
                 family, stats = received_family(values[k : k + len(RECEIVED_STATS)])
                 k += len(RECEIVED_STATS)
@@ -528,6 +646,7 @@ class ForwardWalk:
             if self._input is not None:
                 res.input = values[k : k + len(INPUT_STATS)]
         self._outputs, self._acts, self._received, self._input = {}, {}, {}, None
+        self._kept, self._n_kept, self._sq_at, self._dof = [], 0, [], []
         return res
 
 
