@@ -154,12 +154,32 @@ def test_a_loss_that_climbs_back_is_diverging() -> None:
     assert f.evidence["end_loss"] > loss.DIVERGE_FROM_MIN * f.evidence["min_loss"]
 
 
-def test_a_swinging_loss_oscillates_and_a_noisy_falling_one_does_not() -> None:
+def _train_evals(trace: Trace, train: list[float]) -> Trace:
+    return _with_evals(trace, train, train)
+
+
+def test_without_evaluations_a_swinging_loss_is_only_noted() -> None:
+    """Per step, batch noise and oscillation look alike: info, not a warning."""
     swinging = [1.0 + (0.8 if s % 2 else -0.8) * (s > 5) for s in range(60)]
-    assert "oscillating_loss" in kinds(loss.detect(make_trace(losses=swinging)))
+    assert kinds(loss.detect(make_trace(losses=swinging)))["oscillating_loss"] == "info"
     rng = np.random.default_rng(0)
     noisy = [2.3 * math.exp(-s / 15) + 0.3 + 0.05 * rng.standard_normal() for s in range(60)]
     assert "oscillating_loss" not in kinds(loss.detect(make_trace(losses=noisy)))
+
+
+def test_oscillation_is_judged_on_the_noise_free_curve() -> None:
+    # the per-step loss swings by 0.8 either way (batch noise), the fixed-subset curve falls
+    swinging = [1.0 + (0.8 if s % 2 else -0.8) * (s > 5) for s in range(60)]
+    falling = _train_evals(make_trace(losses=swinging), [1.0, 0.8, 0.7, 0.6, 0.55, 0.5])
+    assert "oscillating_loss" not in kinds(loss.detect(falling))
+    # the fixed-subset curve rises by 0.2 three times: 0.6 of the starting (per-step) loss, 1.0
+    bouncing = _train_evals(make_trace(losses=swinging), [0.2, 0.4, 0.25, 0.45, 0.2, 0.4, 0.2])
+    (f,) = [f for f in loss.detect(bouncing) if f.kind == "oscillating_loss"]
+    assert f.severity == "warning" and f.evidence["threshold"] == loss.OSCILLATION_UP
+    assert f.evidence["up_travel"] == pytest.approx(0.6)
+    # a one-way climb is not an oscillation (the diverging rule judges it)
+    climbing = _train_evals(make_trace(losses=swinging), [0.2, 0.3, 0.4, 0.5, 0.6])
+    assert "oscillating_loss" not in kinds(loss.detect(climbing))
 
 
 def test_a_flat_loss_is_stalled() -> None:
