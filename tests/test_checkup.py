@@ -108,6 +108,7 @@ def test_to_dict_has_the_contract_layout(batch) -> None:  # type: ignore[no-unty
         "loss",
         "depth",
         "complexity",
+        "coverage",
     }
     assert (d["schema"], d["schema_version"]) == ("deepdoctor.checkup", 1)
     assert [row["name"] for row in d["layers"]] == ["fc1", "fc2", "out"]

@@ -42,7 +42,7 @@ from torch import nn
 
 from .checks import check_int
 from .complexity import Complexity, located_errors, measure, untouched
-from .detectors import detect
+from .detectors import coverage, detect
 from .experiment import Experiment
 from .findings import Finding, sort_findings
 from .probe import Probe
@@ -120,6 +120,7 @@ class Checkup(Result):
     depth: dict[str, Any]
     complexity: Complexity
     meta: dict[str, Any] = field(default_factory=dict)
+    coverage: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         out = super().to_dict()
@@ -428,6 +429,7 @@ def _result(
     return Checkup(
         findings=sort_findings(detect(trace) + comp.findings),
         trace=trace,
+        coverage=coverage(trace),
         layers=checks,
         input={
             s: float(inputs(s)[0, 0]) if inputs is not None else math.nan

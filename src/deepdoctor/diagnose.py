@@ -22,7 +22,7 @@ from torch import nn
 
 from . import training
 from .checks import check_int, check_number
-from .detectors import BLOWUP_FACTOR, detect
+from .detectors import BLOWUP_FACTOR, coverage, detect
 from .experiment import Experiment
 from .findings import Finding
 from .probe import Probe
@@ -50,6 +50,7 @@ class Diagnosis(Result):
     ``stopped_at`` is the step at which a critical problem ended the run early (None when it
     ran its course) and ``stop_reason`` says why (``nonfinite_loss``, ``loss_blowup``, or the
     loop's own reasons such as ``early_stopping``). ``model`` is the trained copy.
+    ``coverage``: what the Trace held and what could not be judged (``detectors.coverage``).
     """
 
     result_type = "diagnosis"
@@ -61,6 +62,7 @@ class Diagnosis(Result):
     stopped_at: int | None = None
     stop_reason: str = "completed"
     experiment: dict[str, Any] = field(default_factory=dict)
+    coverage: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         out = super().to_dict()
@@ -79,7 +81,8 @@ class Diagnosis(Result):
 
     def __repr__(self) -> str:
         kinds = ", ".join(f"{f.kind} ({f.severity})" for f in self.findings) or "none"
-        state = "healthy" if self.healthy else "unhealthy"
+        state = "nothing judged" if self.nothing_judged else "healthy"
+        state = state if self.healthy else "unhealthy"
         return f"Diagnosis({state}; findings: {kinds}; stopped: {self.stop_reason})"
 
 
@@ -255,6 +258,7 @@ def diagnose(
         findings=detect(trace),
         trace=trace,
         history=history,
+        coverage=coverage(trace),
         model=model,
         stopped_at=history.stop_step if early else None,
         stop_reason=history.stopped,

@@ -16,15 +16,27 @@ SCHEMA_VERSION = 1
 
 
 class Result:
-    """Base of the result objects. Subclasses set ``result_type`` and extend ``to_dict``."""
+    """Base of the result objects. Subclasses set ``result_type`` and extend ``to_dict``.
+
+    ``coverage`` (Checkup, Diagnosis): what the detectors had to read and what they could
+    not judge (``deepdoctor.detectors.coverage``); empty for a result that judged no trace.
+    """
 
     result_type = "result"
     findings: list[Finding]
+    coverage: dict[str, Any]
 
     @property
     def healthy(self) -> bool:
         """True exactly when no finding has severity warning or critical."""
         return not any(f.is_problem for f in self.findings)
+
+    @property
+    def nothing_judged(self) -> list[str]:
+        """Why nothing at all could be judged (no steps; or neither a loss nor a gradient),
+        empty when something could: then ``healthy`` means no problem was found, not that
+        none was looked for."""
+        return list(getattr(self, "coverage", {}).get("nothing_judged") or [])
 
     @property
     def problems(self) -> list[Finding]:
@@ -34,12 +46,15 @@ class Result:
         return {f.kind for f in self.findings}
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "schema": f"deepdoctor.{self.result_type}",
             "schema_version": SCHEMA_VERSION,
             "healthy": self.healthy,
             "findings": [f.to_dict() for f in sort_findings(self.findings)],
         }
+        if getattr(self, "coverage", None):
+            out["coverage"] = self.coverage
+        return out
 
     def save(self, directory: str | Path) -> Path:
         """Write ``report.html`` and ``<type>.json`` into ``directory``; return the HTML path."""

@@ -5,6 +5,7 @@ gets the same judgement as ``diagnose`` and ``checkup``. Beyond the per-step sta
 reads the typed run facts (``trace.facts``: task, classes and their counts, how the run
 stopped), which diagnose writes from the data and the Probe from
 ``record_loss(loss, targets=y)``, and skips a rule whose inputs are unknown rather than guess.
+``coverage`` says what the Trace held and which of those skipped rules could not be judged.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from ..findings import Finding, sort_findings
 from ..trace import Trace
 from . import activations, data, fit, gradients, loss
 from .causes import CAUSES, fold_consequences
+from .coverage import coverage
 from .loss import BLOWUP_FACTOR
 
 FAMILIES: tuple[Callable[[Trace], list[Finding]], ...] = (
@@ -45,4 +47,4 @@ def detect(trace: Trace) -> list[Finding]:
     return sort_findings(fold_consequences(findings))
 
 
-__all__ = ["BLOWUP_FACTOR", "CAUSES", "FAMILIES", "detect", "fold_consequences"]
+__all__ = ["BLOWUP_FACTOR", "CAUSES", "FAMILIES", "coverage", "detect", "fold_consequences"]

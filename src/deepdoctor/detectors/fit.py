@@ -32,17 +32,19 @@ IMPROVING_INFO = 0.1  # the last quarter brought 10% of the run's improvement ..
 IMPROVING_MIN_DROP = 0.05  # ... and cut the loss by 5% of its level: still falling
 IMPROVING_DROP = 0.1  # cut by 10%: clearly falling, another quarter would gain as much
 LAST_PART = 0.25  # "the end of the run": its last quarter
+MIN_VAL_EVALS = 3  # overfitting needs a best validation loss and later ones to compare
+MIN_CURVE_POINTS = 4  # a loss curve of fewer points has no last quarter to read
 
 
 def _curve(trace: Trace) -> tuple[np.ndarray, np.ndarray, str]:
     """The best loss curve available: validation, else train evaluations, else the steps."""
     for stat in ("val_loss", "train_loss"):
         steps, values = eval_series(trace, stat)
-        if len(values) >= 4:
+        if len(values) >= MIN_CURVE_POINTS:
             return steps.astype(float), values, stat
     loss = trace.loss()
     keep = np.isfinite(loss)
-    if keep.sum() < 4:
+    if keep.sum() < MIN_CURVE_POINTS:
         return np.zeros(0), np.zeros(0), "none"
     steps = np.asarray(trace.steps.steps, dtype=float)[keep]
     trend = smooth(loss[keep])
@@ -99,7 +101,7 @@ def _still_improving(share: float, rel: float, source: str) -> list[Finding]:
 
 def _overfitting(trace: Trace) -> list[Finding]:
     steps, val = eval_series(trace, "val_loss")
-    if len(val) < 3:
+    if len(val) < MIN_VAL_EVALS:
         return []
     _, train = eval_series(trace, "train_loss")
     best = int(np.argmin(val))

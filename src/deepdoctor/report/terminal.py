@@ -2,8 +2,10 @@
 
 Severity is spelled out in words (never colour alone), so the table survives NO_COLOR, pipes
 and logs. ``print_summary`` prints any result dict: the headline, the findings, and the few
-numbers worth reading first (the same ones the HTML page leads with). Text from the data is
-escaped, so a layer named ``[red]x`` prints as written.
+numbers worth reading first (the same ones the HTML page leads with), and one line on what
+the run gave the detectors to read (its ``coverage``). A result on which nothing at all could
+be judged says so in place of "healthy". Text from the data is escaped, so a layer named
+``[red]x`` prints as written.
 """
 
 from __future__ import annotations
@@ -79,14 +81,44 @@ def print_findings(
         )
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
+
+
+def coverage_line(coverage: dict[str, Any]) -> str:
+    """One line: what was measured; what could not be judged (``cannot_judge``'s ``what``)."""
+    acts = coverage.get("activations") or {}
+    steps = coverage.get("steps", 0)
+    samples = _count(coverage.get("activation_samples", 0), "sample")
+    seen = [
+        _count(steps, "step"),
+        f"{_count(coverage.get('layers', 0), 'layer')} ({coverage.get('weight_layers', 0)} weight)",
+        " ".join(f"{kind} {n}" for kind, n in sorted(acts.items())) + f" in {samples}"
+        if acts
+        else "no activations",
+        f"loss {coverage.get('finite_loss_steps', 0)}/{steps} finite"
+        if coverage.get("loss_recorded")
+        else "no loss",
+        _count(coverage.get("evaluations", 0), "eval"),
+    ]
+    unjudged = [e["what"] for e in coverage.get("cannot_judge") or []]
+    judged = "; not judged: " + ", ".join(unjudged) if unjudged else ""
+    return "coverage: " + ", ".join(seen) + judged
+
+
 def print_summary(data: dict[str, Any], console: Console | None = None) -> None:
     """Print a result dict (``to_dict()`` of a Checkup, Diagnosis or Treatment) for a person."""
     console = console or Console()
     healthy = not facts.problems(data)
-    style = "bold green" if healthy else "bold red"
-    console.print(
-        f"[bold]{escape(facts.title(data))}[/]: [{style}]{facts.headline(data)}[/]", highlight=False
+    coverage = data.get("coverage") or {}
+    nothing = coverage.get("nothing_judged") if healthy else None
+    style = "bold yellow" if nothing else "bold green" if healthy else "bold red"
+    headline = (
+        "nothing could be judged: " + escape("; ".join(nothing))
+        if nothing
+        else facts.headline(data)
     )
+    console.print(f"[bold]{escape(facts.title(data))}[/]: [{style}]{headline}[/]", highlight=False)
     if "findings_before" in data:
         print_findings(
             data.get("findings_before") or [], console, title="findings before treatment"
@@ -98,3 +130,5 @@ def print_summary(data: dict[str, Any], console: Console | None = None) -> None:
     width = max((len(label) for label, _ in numbers), default=0)
     for label, value in numbers:
         console.print(f"[dim]{escape(label.ljust(width))}[/]  {escape(value)}", highlight=False)
+    if coverage:
+        console.print(f"[dim]{escape(coverage_line(coverage))}[/]", highlight=False)
