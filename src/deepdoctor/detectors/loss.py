@@ -254,7 +254,7 @@ def _oscillating(trace: Trace, loss: np.ndarray) -> list[Finding]:
     per-step swing is the only evidence, and it is reported at info."""
     osc = oscillation(loss)
     travel = eval_travel(trace)
-    evidence = {
+    evidence: dict[str, float | str] = {
         "swing": round_sig(osc["swing"]),
         "threshold_swing": OSCILLATION_SWING,
         "travel": round_sig(osc["travel"]),
