@@ -392,3 +392,15 @@ def test_nanmedian_matches_numpy_on_random_arrays_with_nan_and_inf() -> None:
                 warnings.simplefilter("ignore", RuntimeWarning)
                 expected = np.nanmedian(a, axis=axis)
             np.testing.assert_allclose(nanmedian(a, axis=axis), expected, equal_nan=True)
+
+
+def test_a_loss_that_jumps_tenfold_and_comes_back_has_diverged() -> None:
+    """A logistic regression at SGD lr 100: 0.68, then 1.95, 10.3, then swinging."""
+    rng = np.random.default_rng(0)
+    losses = [0.68, 1.95, 10.3] + [float(v) for v in rng.uniform(0.0, 10.0, 40)]
+    f = next(f for f in loss.detect(make_trace(losses=losses)) if f.kind == "diverging_loss")
+    assert f.severity == "critical" and f.evidence["threshold"] == loss.DIVERGE_PEAK
+    assert f.evidence["start_loss"] == 0.68
+    # a healthy start noisy by 2x is not a blow-up
+    healthy = [2.3, 4.0, 2.2] + [2.3 * math.exp(-s / 10) + 0.1 for s in range(40)]
+    assert "diverging_loss" not in kinds(loss.detect(make_trace(losses=healthy)))
