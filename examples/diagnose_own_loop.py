@@ -16,6 +16,6 @@ with dd.Probe(model) as probe:
         opt.zero_grad()
         loss.backward()
         opt.step()
-        probe.record_loss(loss)
+        probe.record_loss(loss, targets=y[idx])  # the loss, and the task and classes
 for finding in dd.detect(probe.trace):
     print(f"{finding.severity:8s} {finding.kind}: {finding.summary}")
