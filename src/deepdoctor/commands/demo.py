@@ -25,6 +25,7 @@ from rich.table import Table
 from ..checkup import checkup_experiment
 from ..diagnose import diagnose_experiment
 from ..presets import get_preset
+from ..report.facts import rounded
 from ..report.terminal import print_findings
 from ..trace import Trace
 from ..treat import DEFAULT_BUDGET, treat
@@ -100,9 +101,11 @@ def speed_comparison(first: float, last: float) -> str:
     if first == 0:
         return (
             "the first layer's gradient underflowed to exactly 0: it does not learn at "
-            f"all, while the last layer's is {last:.1e}."
+            f"all, while the last layer's is {rounded(last)}."
         )
-    return f"the first layer learns {first / last:.1e} times as fast as the last."
+    if first < last:
+        return f"the first layer learns {rounded(last / first)} times slower than the last."
+    return f"the first layer learns {rounded(first / last)} times as fast as the last."
 
 
 def run(args: argparse.Namespace) -> int:

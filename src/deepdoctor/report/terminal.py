@@ -6,10 +6,16 @@ numbers worth reading first (the same ones the HTML page leads with), and one li
 the run gave the detectors to read (its ``coverage``). A result on which nothing at all could
 be judged says so in place of "healthy". Text from the data is escaped, so a layer named
 ``[red]x`` prints as written.
+
+Identifiers (kinds, remedies, layer and evidence names) are never cut or broken, so they can
+be copied: below ``NARROW_WIDTH`` columns (an 80-column terminal, or a pipe, which rich gives
+80) each finding prints as a block of labelled lines instead of a table.
 """
 
 from __future__ import annotations
 
+import io
+import textwrap
 from typing import Any
 
 from rich.console import Console
@@ -21,6 +27,12 @@ from . import facts
 SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
 MAX_LAYERS_SHOWN = 3  # the table cell stays one or two lines; the HTML page lists them all
 MAX_EVIDENCE_SHOWN = 3
+# The table's columns need their longest identifiers whole: severity 10, kind 21
+# ("exploding_gradients"), evidence 30 ("first_to_last_ratio: 3.2e-05"), remedies 23
+# ("leaky_relu_activation"), layers 16, borders 6: 106. Below this the table would break
+# them mid-word, so findings print as blocks; wider, they still do when some identifier
+# (a long layer name) would not fit its column whole.
+NARROW_WIDTH = 110
 
 
 def _layers(layers: list[str]) -> str:
@@ -29,7 +41,8 @@ def _layers(layers: list[str]) -> str:
     return ", ".join(layers[:MAX_LAYERS_SHOWN]) + f" (+{len(layers) - MAX_LAYERS_SHOWN} more)"
 
 
-def _evidence(evidence: dict[str, Any], limit: int = MAX_EVIDENCE_SHOWN) -> str:
+def _evidence_shown(evidence: dict[str, Any], limit: int = MAX_EVIDENCE_SHOWN) -> list[str]:
+    """``key: value`` for the first ``limit`` scalar entries (lists and tables are the page's)."""
     parts = []
     for key, value in evidence.items():
         if isinstance(value, float):
@@ -38,7 +51,11 @@ def _evidence(evidence: dict[str, Any], limit: int = MAX_EVIDENCE_SHOWN) -> str:
             parts.append(f"{key}: {value}")
         if len(parts) == limit:
             break
-    return "\n".join(parts)  # one per line: long names wrap whole instead of being cut
+    return parts
+
+
+def _evidence(evidence: dict[str, Any]) -> str:
+    return "\n".join(_evidence_shown(evidence))  # one a line: long names wrap whole
 
 
 def _severity(severity: str) -> str:
@@ -52,31 +69,86 @@ def findings_table(findings: list[dict[str, Any]], title: str = "findings") -> T
     table.add_column("severity", no_wrap=True)
     table.add_column("kind", style="bold", no_wrap=True)
     table.add_column("layers")
-    table.add_column("evidence", overflow="fold")
-    table.add_column("remedies", overflow="fold")
+    table.add_column("evidence")
+    table.add_column("remedies")
     for f in findings:
         table.add_row(
             _severity(f["severity"]),
             escape(f["kind"]),
             escape(_layers(list(f.get("layers", [])))),
             escape(_evidence(f.get("evidence", {}))),
-            escape(", ".join(f.get("remedies", [])[:3])),
+            escape("\n".join(f.get("remedies", [])[:3])),  # one a line: each wraps whole
         )
     return table
+
+
+def _keeps_names_whole(table: Table, findings: list[dict[str, Any]], width: int) -> bool:
+    """Whether rich lays ``table`` out at ``width`` with every identifier whole: it shrinks
+    the widest columns below their longest word rather than fail, so the layout is checked."""
+    probe = Console(file=io.StringIO(), width=width, no_color=True, force_terminal=False)
+    with probe.capture() as capture:
+        probe.print(table)
+    words = {word.strip(",:") for word in capture.get().split()}
+    return all(
+        name in words
+        for f in findings
+        for name in (
+            f["kind"],
+            *f.get("remedies", [])[:3],
+            *f.get("layers", [])[:MAX_LAYERS_SHOWN],
+            *(part.split(": ")[0] for part in _evidence_shown(f.get("evidence", {}))),
+        )
+    )
+
+
+def wrap_words(text: str, width: int) -> list[str]:
+    """Lines of at most ``width`` broken at spaces only: a word longer than the line
+    overflows it whole rather than being cut."""
+    return textwrap.wrap(text, max(width, 1), break_long_words=False, break_on_hyphens=False)
+
+
+def finding_block(f: dict[str, Any], width: int) -> str:
+    """One finding for a narrow screen, as markup: the kind, then severity, layers, evidence
+    and remedies on labelled lines, then the summary wrapped at word boundaries."""
+    indent, label_width = "  ", len("evidence")
+    hang = indent + " " * (label_width + 2)
+    lines = [f"[bold]{escape(f['kind'])}[/]"]
+    lines.append(f"{indent}[dim]{'severity':<{label_width}}[/]  {_severity(f['severity'])}")
+    for label, values in (
+        ("layers", [_layers(list(f.get("layers", [])))]),
+        ("evidence", _evidence_shown(f.get("evidence", {}))),
+        ("remedies", [", ".join(f.get("remedies", [])[:3])]),
+    ):
+        wrapped = [line for value in values for line in wrap_words(value, width - len(hang))]
+        for i, line in enumerate(wrapped):
+            head = f"{indent}[dim]{label:<{label_width}}[/]  " if i == 0 else hang
+            lines.append(head + escape(line))
+    summary = facts.readable(str(f.get("summary", "")))
+    lines += [indent + escape(line) for line in wrap_words(summary, width - len(indent))]
+    return "\n".join(lines)
 
 
 def print_findings(
     findings: list[dict[str, Any]], console: Console | None = None, title: str = "findings"
 ) -> None:
-    """The findings table, then each finding's one-sentence summary."""
+    """The findings table, then each finding's one-sentence summary; on a screen narrower
+    than ``NARROW_WIDTH``, or too narrow for the table's longest words, one block each."""
     console = console or Console()
     if not findings:
         console.print(f"{escape(title)}: [green]none[/]", highlight=False)
         return
-    console.print(findings_table(findings, title))
+    table = findings_table(findings, title)
+    if console.width < NARROW_WIDTH or not _keeps_names_whole(table, findings, console.width):
+        console.print(f"[bold]{escape(title)}[/]", highlight=False)
+        for f in findings:
+            console.print(finding_block(f, console.width), highlight=False, soft_wrap=True)
+            console.print()
+        return
+    console.print(table)
     for f in findings:
+        summary = escape(facts.readable(f["summary"]))
         console.print(
-            f"- [bold]{escape(f['kind'])}[/] ({_severity(f['severity'])}): {escape(f['summary'])}",
+            f"- [bold]{escape(f['kind'])}[/] ({_severity(f['severity'])}): {summary}",
             highlight=False,
         )
 
