@@ -2,17 +2,35 @@
 
 Every result serialises to one JSON document (``to_dict``) that carries everything the
 report draws, so ``deepdoctor report RESULT.json`` can re-render a page from the file alone.
+In a REPL ``print(result)`` gives the terminal summary; in a notebook the result shows its
+findings and key plots inline (``_repr_html_``), drawn by the same code as the report page.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 
 from .findings import Finding, sort_findings
 
 SCHEMA_VERSION = 1
+NOTEBOOK_SCOPE = "deepdoctor-result"  # the CSS class the inline fragment's styles apply under
+
+
+def _scoped(css: str) -> str:
+    """The report page's CSS confined to the fragment, so a notebook's own styles stand."""
+    rules = []
+    for selectors, body in re.findall(r"([^{}]+)\{([^{}]*)\}", css):
+        scoped = (
+            f".{NOTEBOOK_SCOPE}" if s.strip() in ("body", "main") else f".{NOTEBOOK_SCOPE} {s}"
+            for s in selectors.strip().split(",")
+        )
+        rules.append(f"{','.join(scoped)}{{{body}}}")
+    return "".join(rules)
 
 
 class Result:
@@ -55,6 +73,36 @@ class Result:
         if getattr(self, "coverage", None):
             out["coverage"] = self.coverage
         return out
+
+    def __str__(self) -> str:
+        """The terminal summary without colour, as wide as the terminal (80 when piped)."""
+        from rich.console import Console
+
+        from .report import print_summary
+
+        out = io.StringIO()
+        width = shutil.get_terminal_size().columns
+        console = Console(file=out, width=width, no_color=True, force_terminal=False)
+        print_summary(self.to_dict(), console)
+        return "".join(line.rstrip() + "\n" for line in out.getvalue().splitlines())
+
+    def _repr_html_(self) -> str:
+        """The findings and key plots for a notebook: the report page's header, findings,
+        treatment, checkup, gradient-flow and curves sections, with its styles scoped to
+        one ``<div>`` (a fragment, not a page); the plots are embedded PNGs."""
+        from .report import check_result, html
+
+        data = check_result(self.to_dict())
+        sections = (
+            html.findings_section,
+            html.treatment_section,
+            html.checkup_section,
+            html.gradient_section,
+            html.curves_section,
+        )
+        body = html._header(data) + "".join(section(data) for section in sections)
+        style = f"<style>{_scoped(html.CSS)}</style>"
+        return f'<div class="{NOTEBOOK_SCOPE}">{style}{body}</div>'
 
     def save(self, directory: str | Path) -> Path:
         """Write ``report.html`` and ``<type>.json`` into ``directory``; return the HTML path."""

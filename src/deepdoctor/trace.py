@@ -28,7 +28,7 @@ from array import array
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 
@@ -266,15 +266,24 @@ class Trace:
         """Weight-gradient norm, (steps, layers)."""
         return self.layer.array("grad_norm_weight")
 
-    def learning_speed(self) -> np.ndarray:
+    @overload
+    def learning_speed(self, named: Literal[False] = False) -> np.ndarray: ...
+    @overload
+    def learning_speed(self, named: Literal[True]) -> dict[str, np.ndarray]: ...
+
+    def learning_speed(self, named: bool = False) -> np.ndarray | dict[str, np.ndarray]:
         """Bias-gradient norm per layer, (steps, layers): Nielsen's "speed of learning".
 
         Layers without a bias fall back to their weight-gradient norm so that every layer
-        has a speed.
+        has a speed. ``named=True`` gives ``{layer name: speed per step}`` instead, in
+        ``trace.layers`` order (input first).
         """
         bias = self.layer.array("grad_norm_bias")
         weight = self.layer.array("grad_norm_weight")
-        return np.where(np.isnan(bias), weight, bias)
+        speed = np.where(np.isnan(bias), weight, bias)
+        if named:
+            return {name: speed[:, i] for i, name in enumerate(self.layers)}
+        return speed
 
     def eval_metric(self, stat: str) -> tuple[np.ndarray, np.ndarray]:
         return self.evals.step_array(), self.evals.array(stat)[:, 0]
