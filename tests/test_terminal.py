@@ -22,8 +22,8 @@ import deepdoctor as dd
 from deepdoctor.cli import main
 from deepdoctor.presets import PRESETS
 from deepdoctor.report import print_summary
-from deepdoctor.report.facts import readable, rounded
 from deepdoctor.report.terminal import NARROW_WIDTH, print_findings
+from deepdoctor.wording import readable, rounded
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("DEEPDOCTOR_UPDATE_GOLDEN") == "1"

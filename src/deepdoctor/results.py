@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -18,19 +17,6 @@ from typing import Any
 from .findings import Finding, sort_findings
 
 SCHEMA_VERSION = 1
-NOTEBOOK_SCOPE = "deepdoctor-result"  # the CSS class the inline fragment's styles apply under
-
-
-def _scoped(css: str) -> str:
-    """The report page's CSS confined to the fragment, so a notebook's own styles stand."""
-    rules = []
-    for selectors, body in re.findall(r"([^{}]+)\{([^{}]*)\}", css):
-        scoped = (
-            f".{NOTEBOOK_SCOPE}" if s.strip() in ("body", "main") else f".{NOTEBOOK_SCOPE} {s}"
-            for s in selectors.strip().split(",")
-        )
-        rules.append(f"{','.join(scoped)}{{{body}}}")
-    return "".join(rules)
 
 
 class Result:
@@ -92,17 +78,7 @@ class Result:
         one ``<div>`` (a fragment, not a page); the plots are embedded PNGs."""
         from .report import check_result, html
 
-        data = check_result(self.to_dict())
-        sections = (
-            html.findings_section,
-            html.treatment_section,
-            html.checkup_section,
-            html.gradient_section,
-            html.curves_section,
-        )
-        body = html._header(data) + "".join(section(data) for section in sections)
-        style = f"<style>{_scoped(html.CSS)}</style>"
-        return f'<div class="{NOTEBOOK_SCOPE}">{style}{body}</div>'
+        return html.fragment(check_result(self.to_dict()))
 
     def save(self, directory: str | Path) -> Path:
         """Write ``report.html`` and ``<type>.json`` into ``directory``; return the HTML path."""

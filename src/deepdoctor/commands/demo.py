@@ -25,10 +25,10 @@ from rich.table import Table
 from ..checkup import checkup_experiment
 from ..diagnose import diagnose_experiment
 from ..presets import get_preset
-from ..report.facts import rounded
 from ..report.terminal import print_findings
 from ..trace import Trace
 from ..treat import DEFAULT_BUDGET, treat
+from ..wording import rounded
 from .diagnose import headline
 from .treat import before_after_table, save_outputs, trials_table
 

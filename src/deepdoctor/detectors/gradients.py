@@ -21,6 +21,7 @@ import numpy as np
 
 from ..findings import Finding
 from ..trace import Trace
+from ..wording import rounded
 from ._common import nanmedian, round_sig, weight_layers
 
 VANISH_RATIO = 100.0  # last / first quarter over the run: the suite's non-vanishing max is 58
@@ -189,7 +190,7 @@ def _vanishing(names: list[str], rel: np.ndarray) -> list[Finding]:
     how = (
         "underflowed to exactly 0 while the last layers' did not"
         if np.isinf(ratio)
-        else f"are {ratio:.2g}x smaller (relative to their weights) than the last layers'"
+        else f"are {rounded(ratio)}x smaller (relative to their weights) than the last layers'"
     )
     return [
         Finding(
@@ -226,7 +227,7 @@ def _exploding_with_depth(names: list[str], rel: np.ndarray) -> list[Finding]:
             kind="exploding_gradients",
             severity="warning",
             summary=(
-                f"Gradients grow {ratio:.2g}x from the last layers to the first (relative to "
+                f"Gradients grow {rounded(ratio)}x from the last layers to the first (relative to "
                 "their weights), so the early layers take outsized steps: clip the gradient, "
                 "lower the learning rate, or rescale the init."
             ),
@@ -263,7 +264,7 @@ def _exploding_in_time(trace: Trace, names: list[str], rel: np.ndarray) -> list[
     if peak_rel > EXPLODE_RELATIVE:
         step = int(trace.steps.steps[int(np.nanargmax(median_rel))])
         summary = (
-            f"At step {step} the gradients were {peak_rel:.2g}x the size of the weights "
+            f"At step {step} the gradients were {rounded(peak_rel)}x the size of the weights "
             "themselves, so every update overshoots: lower the learning rate, clip the "
             "gradient, or rescale the init."
         )
@@ -274,7 +275,7 @@ def _exploding_in_time(trace: Trace, names: list[str], rel: np.ndarray) -> list[
         }
     elif jump > EXPLODE_JUMP:
         summary = (
-            f"At step {jump_step} the gradient norm jumped to {jump:.2g}x its recent "
+            f"At step {jump_step} the gradient norm jumped to {rounded(jump)}x its recent "
             "median, a cliff that throws the weights off course: clip the gradient or "
             "lower the learning rate."
         )

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..findings import Finding
 from ..trace import Trace
+from ..wording import rounded
 from ._common import (
     eval_series,
     finite_loss,
@@ -171,7 +172,7 @@ def _diverging(trace: Trace, loss: np.ndarray) -> list[Finding]:
                 kind="diverging_loss",
                 severity="critical",
                 summary=(
-                    f"The loss blew up to {peak:.3g} ({ratio:.3g}x its start) by step "
+                    f"The loss blew up to {rounded(peak)} ({rounded(ratio)}x its start) by step "
                     f"{step}: lower the learning rate (by 10x) or clip the gradient."
                 ),
                 evidence={

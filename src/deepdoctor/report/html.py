@@ -416,6 +416,36 @@ def _header(data: dict[str, Any]) -> str:
     )
 
 
+NOTEBOOK_SCOPE = "deepdoctor-result"  # the CSS class the inline fragment's styles apply under
+
+
+def _scoped(css: str) -> str:
+    """The report page's CSS confined to the fragment, so a notebook's own styles stand."""
+    rules = []
+    for selectors, body in re.findall(r"([^{}]+)\{([^{}]*)\}", css):
+        scoped = (
+            f".{NOTEBOOK_SCOPE}" if s.strip() in ("body", "main") else f".{NOTEBOOK_SCOPE} {s}"
+            for s in selectors.strip().split(",")
+        )
+        rules.append(f"{','.join(scoped)}{{{body}}}")
+    return "".join(rules)
+
+
+def fragment(data: dict[str, Any]) -> str:
+    """The findings and key plots of a result for a notebook: the page's header, findings,
+    treatment, checkup, gradient-flow and curves sections, with its styles scoped to one
+    ``<div>`` (a fragment, not a page); the plots are embedded PNGs."""
+    sections = (
+        findings_section,
+        treatment_section,
+        checkup_section,
+        gradient_section,
+        curves_section,
+    )
+    body = _header(data) + "".join(section(data) for section in sections)
+    return f'<div class="{NOTEBOOK_SCOPE}"><style>{_scoped(CSS)}</style>{body}</div>'
+
+
 def render_html(data: dict[str, Any]) -> str:
     """The whole page as one string."""
     from ..version import __version__

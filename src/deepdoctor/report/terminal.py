@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ..wording import readable
 from . import facts
 
 SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
@@ -123,7 +124,7 @@ def finding_block(f: dict[str, Any], width: int) -> str:
         for i, line in enumerate(wrapped):
             head = f"{indent}[dim]{label:<{label_width}}[/]  " if i == 0 else hang
             lines.append(head + escape(line))
-    summary = facts.readable(str(f.get("summary", "")))
+    summary = readable(str(f.get("summary", "")))
     lines += [indent + escape(line) for line in wrap_words(summary, width - len(indent))]
     return "\n".join(lines)
 
@@ -146,7 +147,7 @@ def print_findings(
         return
     console.print(table)
     for f in findings:
-        summary = escape(facts.readable(f["summary"]))
+        summary = escape(readable(f["summary"]))
         console.print(
             f"- [bold]{escape(f['kind'])}[/] ({_severity(f['severity'])}): {summary}",
             highlight=False,
