@@ -96,7 +96,11 @@ def test_the_diverging_relu_mlp_is_treated_and_the_blowup_is_gone(diverging: Tre
     assert tr.after["val_loss"] < 2.0  # below ln 10 = 2.30, a uniform guess; was > 100
     assert tr.history_after is not None and tr.history_after.stopped == "completed"
     opt = tr.treated.optimizer(tr.model.parameters())
-    assert opt.param_groups[0]["lr"] == pytest.approx(0.03)  # /10 for a diverging run
+    # lower_lr takes the learning-rate range test's rate: measured 0.01233 (val 87.8%; the old
+    # /10 rule's 0.03 gave 46.7%); at seeds 1 and 2 0.0034 (+ gradient_clipping, 64.4%) and
+    # 0.0064 (88.9%)
+    assert 1e-3 < opt.param_groups[0]["lr"] < 0.03
+    assert tr.treated.meta["changes"][-1]["steps"] < 100  # the range test's cost, measured 85
     assert tr.compute <= 3.0
 
 
@@ -386,7 +390,12 @@ def test_to_dict_is_strict_json(diverging: Treatment, sigmoid50: Treatment) -> N
 def test_snippet_holds_the_code_of_the_applied_remedies(
     diverging: Treatment, sigmoid50: Treatment, overfit: Treatment
 ) -> None:
-    assert diverging.snippet() == "# deepdoctor treat: lower_lr\n# lower_lr\nlr = 0.03  # was 0.3\n"
+    # measured: lr = 0.01233
+    assert re.fullmatch(
+        r"# deepdoctor treat: lower_lr\n# lower_lr\n"
+        r"lr = 0\.0\d+  # was 0\.3; from a learning-rate range test\n",
+        diverging.snippet(),
+    )
     assert "x = x + (g / n ** 0.5) * block(x)" in sigmoid50.snippet()
     assert "# stop after 3 evaluations without a better val loss" in overfit.snippet()
     for tr in (diverging, sigmoid50, overfit):

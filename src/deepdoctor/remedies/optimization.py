@@ -4,10 +4,14 @@ Settings come from the untreated run's evidence, not from fixed guesses:
 
 - gradient_clipping clips at the 90th percentile of the unclipped gradient norm, as the Deep
   Learning Tuning Playbook advises (clipping then touches only the rare large steps);
-- lower_lr divides by 10 when the loss diverged or went non-finite, by 3 when it only
-  oscillated;
-- raise_lr multiplies so that the median update-to-weight ratio reaches about 1e-3 per step
-  (Karpathy's rule of thumb), by at least 3 and at most 30.
+- lower_lr and raise_lr take the rate a learning-rate range test suggests (``lr_range``: a
+  fresh model, the rate swept from 1e-6 to 10 over at most 100 steps, a tenth of the rate at
+  the smoothed loss's minimum) when it lies on their side of the current rate. Otherwise
+  lower_lr divides by 10 when the loss diverged or went non-finite, by 3 when it only
+  oscillated; raise_lr multiplies so that the median update-to-weight ratio reaches about
+  1e-3 per step (Karpathy's rule of thumb), by at least 3 and at most 30. The range test's
+  steps are recorded in the change (``steps``), compute the experiment's own run does not
+  include.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch
 from ..experiment import Experiment
 from ..training import DEFAULT_LR
 from .base import Context, Prescription, Remedy, record_change
+from .lr_range import RangeTest, range_test
 
 CLIP_PERCENTILE = 90  # the Tuning Playbook's choice: clip only the rare outsized steps
 CLIP_OUTLIER = 10.0  # norms beyond 10x the median are a blow-up, not the run's ordinary steps
@@ -73,27 +78,54 @@ def _gradient_clipping(exp: Experiment, ctx: Context) -> Experiment:
     )
 
 
+def _tested(exp: Experiment, remedy: str) -> RangeTest:
+    test = range_test(exp)
+    if not (math.isfinite(test.base_lr) and test.base_lr > 0):
+        raise Prescription(
+            remedy, f"the optimizer's learning rate is {test.base_lr}; set a positive one"
+        )
+    return test
+
+
 def _lower_lr(exp: Experiment, ctx: Context) -> Experiment:
+    test = _tested(exp, "lower_lr")
+    suggested = test.suggestion
+    if suggested is not None and suggested < test.base_lr:
+        return _set_lr(exp, "lower_lr", test, suggested, "from a learning-rate range test")
     diverged = bool(ctx.kinds & {"diverging_loss", "nonfinite", "exploding_gradients"})
-    factor = 1 / (LOWER_LR_DIVERGED if diverged else LOWER_LR_OSCILLATING)
-    return record_change(
-        exp,
-        "lower_lr",
-        f"lr = {ctx.base_lr * factor:.4g}  # was {ctx.base_lr:.4g}",
-        optimizer=scale_lr(base_factory(exp), factor),
-    )
+    divisor = LOWER_LR_DIVERGED if diverged else LOWER_LR_OSCILLATING
+    return _set_lr(exp, "lower_lr", test, test.base_lr / divisor, f"/{divisor:g}: {_why(test)}")
 
 
 def _raise_lr(exp: Experiment, ctx: Context) -> Experiment:
+    test = _tested(exp, "raise_lr")
+    suggested = test.suggestion
+    if suggested is not None and suggested > test.base_lr:
+        return _set_lr(exp, "raise_lr", test, suggested, "from a learning-rate range test")
     ratio = ctx.update_ratio
     factor = TARGET_UPDATE_RATIO / ratio if math.isfinite(ratio) and ratio > 0 else RAISE_LR_MIN
     factor = float(min(max(factor, RAISE_LR_MIN), RAISE_LR_MAX))
-    return record_change(
+    return _set_lr(exp, "raise_lr", test, test.base_lr * factor, f"x{factor:.3g}: {_why(test)}")
+
+
+def _why(test: RangeTest) -> str:
+    """Why the range test's rate was not taken, for the change's comment."""
+    if test.suggestion is None:
+        return "a learning-rate range test found no rate that lowered the loss"
+    return f"a learning-rate range test suggested {test.suggestion:.4g}"
+
+
+def _set_lr(exp: Experiment, remedy: str, test: RangeTest, lr: float, how: str) -> Experiment:
+    """The experiment at rate ``lr``; its change records the range test's cost in ``steps``."""
+    changed = record_change(
         exp,
-        "raise_lr",
-        f"lr = {ctx.base_lr * factor:.4g}  # was {ctx.base_lr:.4g}",
-        optimizer=scale_lr(base_factory(exp), factor),
+        remedy,
+        f"lr = {lr:.4g}  # was {test.base_lr:.4g}; {how}",
+        optimizer=scale_lr(base_factory(exp), lr / test.base_lr),
     )
+    *earlier, change = changed.meta["changes"]
+    log = [*earlier, {**change, "steps": test.steps}]
+    return changed.replace(meta={**changed.meta, "changes": log})
 
 
 def _lr_warmup(exp: Experiment, ctx: Context) -> Experiment:
@@ -145,12 +177,16 @@ REMEDIES = [
         _gradient_clipping,
     ),
     Remedy(
-        "lower_lr", "optimization", "divide the learning rate by 10 (diverging) or 3", _lower_lr
+        "lower_lr",
+        "optimization",
+        "lower the learning rate to a range test's suggestion, else divide it by 10 or 3",
+        _lower_lr,
     ),
     Remedy(
         "raise_lr",
         "optimization",
-        "raise the learning rate so weights move ~1e-3 of their norm per step",
+        "raise the learning rate to a range test's suggestion, else so that weights move "
+        "~1e-3 of their norm per step",
         _raise_lr,
     ),
     Remedy(
