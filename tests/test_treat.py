@@ -298,8 +298,9 @@ def test_a_model_and_its_data_are_treated_as_the_same_experiment() -> None:
     split = dd.data.load("digits")
     model, opt = diverging_model()
     start = {k: v.clone() for k, v in model.state_dict().items()}
-    tr = treat(model, split.train, split.val, optimizer=opt, steps=60, remedies=remedies)
-    assert outcome(tr) == outcome(treat(diverging_mlp(steps=60), remedies=remedies))
+    # budget 5: lower_lr's range test (up to 100 steps) is charged, and these runs are 60
+    tr = treat(model, split.train, split.val, optimizer=opt, steps=60, remedies=remedies, budget=5)
+    assert outcome(tr) == outcome(treat(diverging_mlp(steps=60), remedies=remedies, budget=5))
     assert tr.applied == ["lower_lr"] and tr.experiment.steps == 60
     # the user's model and optimizer are untouched; the optimizer became a factory of its kind
     assert all(torch.equal(v, start[k]) for k, v in model.state_dict().items()) and not opt.state

@@ -95,6 +95,11 @@ class Ledger:
             raise BudgetError(f"{what}: {self.shortfall(runs, 'it cost')}")
         self.spent += runs
 
+    def absorb(self, steps: int) -> None:
+        """Count compute already spent that no check could refuse in advance: the short runs
+        a remedy makes while it is applied (the learning-rate range test)."""
+        self.spent += self.runs(steps)
+
 
 def _runs(n: float) -> str:
     return f"{n:.3g} run" if f"{n:.3g}" == "1" else f"{n:.3g} runs"
@@ -129,6 +134,9 @@ class Trial:
     clipped_fraction: float = math.nan  # of the steps, when the trial clipped gradients
     # A full-length screen (treated experiment, its probed run): already a verification.
     full_run: tuple[Experiment, Any] | None = field(default=None, repr=False, compare=False)
+    # The treated experiment as screened, so verification reuses it rather than applying
+    # the remedies again (which would repeat a range test).
+    candidate: Experiment | None = field(default=None, repr=False, compare=False)
 
     @property
     def passed(self) -> bool:
@@ -395,7 +403,8 @@ class Round:
         return self._verify(best)
 
     def _verify(self, best: Trial) -> Outcome:
-        treated = apply_remedies(self.exp, best.remedies, self.ctx)
+        treated = best.candidate or apply_remedies(self.exp, best.remedies, self.ctx)
+        self.ledger.absorb(self._remedy_steps(treated) if best.candidate is None else 0)
         run = self._diagnose(treated, "verifying")
         stop_if_interrupted(run.history)
         metrics = metrics_of(run.history)
@@ -457,23 +466,23 @@ class Round:
         def trial(status: Status, **fields: Any) -> Trial:
             return Trial(list(group), stage, status, self.number, **fields)
 
+        late = any(r in LATE_EFFECT for r in group)
+        # Checked before the remedies are applied (some spend compute while being applied,
+        # e.g. a range test) and again after, with what they spent and the steps they set.
+        short = self._shortfall(late, self.exp.steps if late else self.screen_steps)
+        if short:
+            return trial("not_tried", reason=short)
         try:
             candidate = apply_remedies(self.exp, group, self.ctx)
         except Prescription as p:
             return trial("prescription", prescription=p.instructions)
         except Exception as exc:  # a remedy that throws is recorded, and the search goes on
             return trial("error", error=f"{type(exc).__name__}: {exc}")
-        late = any(r in LATE_EFFECT for r in group)
+        self.ledger.absorb(self._remedy_steps(candidate))
         steps = candidate.steps if late else self.screen_steps
-        # A short screen leaves room for its verification run; a full-length one is its own.
-        need = self.ledger.runs(steps) + (0.0 if late else self.one_run)
-        if not self.ledger.fits(need):
-            what = (
-                "this full-length screen needs"
-                if late
-                else ("this screen and its verification need")
-            )
-            return trial("not_tried", reason=self.ledger.shortfall(need, what))
+        short = self._shortfall(late, steps)
+        if short:
+            return trial("not_tried", reason=short)
         full_run = None
         try:
             if late:
@@ -495,7 +504,23 @@ class Round:
             baseline_score=baseline_score,
             clipped_fraction=float(np.mean(history.clipped)) if history.clipped else math.nan,
             full_run=full_run,
+            candidate=candidate,
         )
+
+    def _shortfall(self, late: bool, steps: int) -> str | None:
+        """Why a screen of ``steps`` does not fit, in words; None when it does. A short
+        screen leaves room for its verification run; a full-length one is its own."""
+        need = self.ledger.runs(steps) + (0.0 if late else self.one_run)
+        if self.ledger.fits(need):
+            return None
+        what = "this full-length screen needs" if late else "this screen and its verification need"
+        return self.ledger.shortfall(need, what)
+
+    def _remedy_steps(self, candidate: Experiment) -> int:
+        """Optimizer steps the remedies spent while being applied (each change records its
+        own, e.g. a learning-rate range test), beyond the base experiment's changes."""
+        changes = candidate.meta.get("changes", [])[len(self.exp.meta.get("changes", [])) :]
+        return int(sum(c.get("steps", 0) for c in changes))
 
     # -- helpers --------------------------------------------------------------------------
 
