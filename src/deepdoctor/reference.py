@@ -46,7 +46,7 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 from torch.nn import functional as F
 
-from .training import infer_task, is_loader, targets_for, unpack_batch
+from .training import infer_task, is_loader, loader_tensors, targets_for
 
 MAX_ROWS = 5000  # fit on at most this many training rows: both models stay near a second
 MAX_VAL_ROWS = 10_000  # score on at most this many validation rows (scoring is cheap)
@@ -175,20 +175,10 @@ def _rows(data: Any, limit: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]
             keep = torch.as_tensor(np.random.default_rng(seed).choice(len(X), limit, False))
             X, y = X[keep], y[keep]
         return X, y
-    deadline = time.perf_counter() + LOADER_SECONDS
-    xs, ys, count = [], [], 0
-    for batch in data:
-        x, t = unpack_batch(batch)
-        xs.append(x)
-        ys.append(t)
-        count += len(x)
-        if count >= limit:
-            break
-        if time.perf_counter() > deadline:
-            raise _Skip(f"the DataLoader yielded {count} rows in {LOADER_SECONDS:g} s")
-    if not xs:
-        raise _Skip("the DataLoader yielded no batches")
-    return torch.cat(xs)[:limit], torch.cat(ys)[:limit]
+    try:
+        return loader_tensors(data, limit, max_seconds=LOADER_SECONDS)
+    except (TimeoutError, ValueError) as exc:
+        raise _Skip(str(exc)) from None
 
 
 def _check(X: torch.Tensor, y: torch.Tensor, task: str, loss_fn: Any) -> None:

@@ -773,13 +773,14 @@ class TargetTally:
         n = max(n, self.n_classes or 0)
         # Ignored positions and out-of-range labels land in bin n, which facts() drops.
         bins = torch.where(labels >= 0, labels, n).clamp(max=n)
-        counts = torch.zeros(n + 1, dtype=torch.long, device=y.device)
-        counts.scatter_add_(0, bins, torch.ones_like(bins))
-        if self._counts is not None:
-            old = len(self._counts) - 1
-            counts[:old] += self._counts[:old]
-            counts[n] += self._counts[old]
-        self._counts, self.n_classes = counts, n
+        if self._counts is None or len(self._counts) != n + 1:  # first batch, or more classes
+            counts = torch.zeros(n + 1, dtype=torch.long, device=y.device)
+            if self._counts is not None:
+                old = len(self._counts) - 1
+                counts[:old] += self._counts[:old]
+                counts[n] += self._counts[old]
+            self._counts, self.n_classes = counts, n
+        self._counts.scatter_add_(0, bins, torch.ones_like(bins))  # in place: every step
 
     def facts(self) -> dict[str, Any]:
         """Task, n_classes, class_counts or target_var, and chance_loss (one host sync)."""

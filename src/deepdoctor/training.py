@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -127,11 +128,18 @@ def unpack_batch(batch: Any) -> Batch:
     )
 
 
-def loader_tensors(data: Any, limit: int | None = None) -> TensorData:
-    """Materialise up to ``limit`` samples of a loader or tensor pair (for evaluation)."""
+def loader_tensors(
+    data: Any, limit: int | None = None, max_seconds: float | None = None
+) -> TensorData:
+    """Materialise up to ``limit`` samples of a loader or tensor pair (for evaluation).
+
+    max_seconds: give up on a loader that has not yielded them within that time
+    (``TimeoutError``, saying how many it had).
+    """
     if not is_loader(data):
         X, y = data
         return (X[:limit], y[:limit]) if limit else (X, y)
+    deadline = None if max_seconds is None else time.perf_counter() + max_seconds
     xs, ys, count = [], [], 0
     for b in data:
         x, t = unpack_batch(b)
@@ -140,6 +148,8 @@ def loader_tensors(data: Any, limit: int | None = None) -> TensorData:
         count += len(x)
         if limit and count >= limit:
             break
+        if deadline is not None and time.perf_counter() > deadline:
+            raise TimeoutError(f"the DataLoader yielded {count} rows in {max_seconds:g} s")
     if not xs:
         raise ValueError("the DataLoader yielded no batches")
     X, y = torch.cat(xs), torch.cat(ys)
