@@ -469,7 +469,8 @@ class Round:
         late = any(r in LATE_EFFECT for r in group)
         # Checked before the remedies are applied (some spend compute while being applied,
         # e.g. a range test) and again after, with what they spent and the steps they set.
-        short = self._shortfall(late, self.exp.steps if late else self.screen_steps)
+        own = sum(REMEDIES[r].cost(self.exp) for r in group if r in REMEDIES)
+        short = self._shortfall(late, (self.exp.steps if late else self.screen_steps) + own)
         if short:
             return trial("not_tried", reason=short)
         try:

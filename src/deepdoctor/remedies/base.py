@@ -48,6 +48,9 @@ class Remedy:
     family: str
     description: str
     apply: Callable[[Experiment, Context], Experiment]
+    # At most how many optimizer steps applying the remedy spends (a range test), so a search
+    # can check its budget before applying it; most remedies spend none.
+    cost: Callable[[Experiment], int] = lambda exp: 0
 
 
 def record_change(exp: Experiment, remedy: str, code: str, **changes: Any) -> Experiment:

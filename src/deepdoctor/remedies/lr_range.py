@@ -30,6 +30,17 @@ from ..training import TrainState, make_optimizer, train
 
 MIN_LR, MAX_LR = 1e-6, 10.0  # absolute, fastai's lr_find span (from 1e-7) trimmed a decade
 RANGE_STEPS = 100  # fastai's and torch-lr-finder's default: ~14 steps a decade over 7 decades
+# ... but no more than a third of the experiment's own run (a test that costs more than the
+# run it tunes crowds the other remedies out of treat's budget), and no fewer than 50 steps
+# (7 a decade).
+MIN_RANGE_STEPS = 50
+
+
+def range_steps(exp: Experiment) -> int:
+    """The steps a range test on ``exp`` takes at most."""
+    return max(MIN_RANGE_STEPS, min(RANGE_STEPS, exp.steps // 3))
+
+
 SMOOTHING = 0.9  # EMA of the loss; lags ~9 steps (0.6 decade), fastai's 0.98 lags 3.5 decades
 DIVERGE_FACTOR = 4.0  # fastai: stop once the smoothed loss exceeds 4x its best
 SKIP_START = 10  # the first steps' smoothed loss is mostly the initial loss: no minimum there

@@ -25,7 +25,7 @@ import torch
 from ..experiment import Experiment
 from ..training import DEFAULT_LR
 from .base import Context, Prescription, Remedy, record_change
-from .lr_range import RangeTest, range_test
+from .lr_range import RangeTest, range_steps, range_test
 
 CLIP_PERCENTILE = 90  # the Tuning Playbook's choice: clip only the rare outsized steps
 CLIP_OUTLIER = 10.0  # norms beyond 10x the median are a blow-up, not the run's ordinary steps
@@ -79,7 +79,7 @@ def _gradient_clipping(exp: Experiment, ctx: Context) -> Experiment:
 
 
 def _tested(exp: Experiment, remedy: str) -> RangeTest:
-    test = range_test(exp)
+    test = range_test(exp, steps=range_steps(exp))
     if not (math.isfinite(test.base_lr) and test.base_lr > 0):
         raise Prescription(
             remedy, f"the optimizer's learning rate is {test.base_lr}; set a positive one"
@@ -181,6 +181,7 @@ REMEDIES = [
         "optimization",
         "lower the learning rate to a range test's suggestion, else divide it by 10 or 3",
         _lower_lr,
+        range_steps,
     ),
     Remedy(
         "raise_lr",
@@ -188,6 +189,7 @@ REMEDIES = [
         "raise the learning rate to a range test's suggestion, else so that weights move "
         "~1e-3 of their norm per step",
         _raise_lr,
+        range_steps,
     ),
     Remedy(
         "lr_warmup",
