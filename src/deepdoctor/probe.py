@@ -10,9 +10,12 @@ A step ends when the optimizer steps. The Probe registers ``register_step_pre_ho
 ``register_step_post_hook`` on the optimizer you pass, or, when you pass none, the global
 optimizer-step hooks of ``torch.optim``, filtered to optimizers that own this model's
 parameters. Gradients and the weight norm are read just before the update (so a row holds
-the weights and the gradient computed at them); the update-to-weight ratio compares the
-weights before and after it. A loop that updates weights by hand calls ``probe.end_step()``
-after its update instead (then no update ratio is recorded).
+the weights and the gradient computed at them): in the step pre-hook, or, when ``step`` is
+given a closure (Lightning, LBFGS), as soon as the closure has returned, since it is the
+closure that runs the backward pass. Gradients accumulated over several backward passes
+before a step are read once, summed, as the optimizer sees them. The update-to-weight ratio
+compares the weights before and after the update. A loop that updates weights by hand calls
+``probe.end_step()`` after its update instead (then no update ratio is recorded).
 
 The loss is not visible to module hooks: call ``probe.record_loss(loss)`` once per step
 (before or after ``optimizer.step()``); without it the loss detectors have nothing to read.
@@ -172,10 +175,11 @@ class Probe:
         else:
             ref = weakref.ref(self)
 
-            def pre(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+            def pre(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> Any:
                 probe = ref()
                 if probe is not None and probe._owns(opt):
-                    probe._on_step_pre(opt, args, kwargs)
+                    return probe._on_step_pre(opt, args, kwargs)
+                return None
 
             def post(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
                 probe = ref()
@@ -306,16 +310,38 @@ class Probe:
             self._walk.__exit__()
             self._walk = None
 
-    def _on_step_pre(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        self._grad_row, self._grads_nonfinite = self._index.read()
+    def _on_step_pre(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> Any:
         try:
             self._lr = float(opt.param_groups[0]["lr"])
         except (KeyError, IndexError, TypeError, ValueError):
             self._lr = math.nan
         if self.sampling:
             self._snapshot = self._take_snapshot()
+        # args are step()'s own: the optimizer itself first, then the closure if positional
+        closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
+        if not callable(closure):
+            self._read_gradients()
+            return None
+
+        # A closure (Lightning, LBFGS) runs the forward and backward inside step(): the
+        # gradients of this step exist only once it has returned, so read them there. LBFGS
+        # calls it again at trial weights; the first call's gradients are the step's own.
+        def read_after(*a: Any, **k: Any) -> Any:
+            result = closure(*a, **k)
+            if self._grad_row is None:
+                self._read_gradients()
+            return result
+
+        if "closure" in kwargs:
+            return args, {**kwargs, "closure": read_after}
+        return (args[0], read_after, *args[2:]), kwargs
+
+    def _read_gradients(self) -> None:
+        self._grad_row, self._grads_nonfinite = self._index.read()
 
     def _on_step_post(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if self._grad_row is None:  # a closure the optimizer never called
+            self._read_gradients()
         if self._snapshot is not None:
             self._pending_updates = self._update_ratios(self._snapshot)
             self._snapshot = None
