@@ -7,6 +7,7 @@ from .checkup import Checkup, checkup
 # sets a package's attribute to a submodule only when it first loads it, which has happened by
 # this line, so a later `import deepdoctor.complexity` leaves the function in place.
 from .complexity import measure as complexity
+from .compress import Compression, compress
 from .detectors import detect
 from .diagnose import Diagnosis, diagnose, diagnose_experiment
 from .experiment import Experiment
@@ -19,6 +20,7 @@ from .version import __version__
 
 __all__ = [
     "Checkup",
+    "Compression",
     "Diagnosis",
     "Experiment",
     "KINDS",
@@ -31,6 +33,7 @@ __all__ = [
     "__version__",
     "checkup",
     "complexity",
+    "compress",
     "data",
     "detect",
     "diagnose",

@@ -18,7 +18,12 @@ from .facts import headline, key_numbers
 from .terminal import print_summary
 
 # The result documents this version of deepdoctor reads, and the newest version of each.
-SCHEMAS = {"deepdoctor.diagnosis": 1, "deepdoctor.checkup": 1, "deepdoctor.treatment": 1}
+SCHEMAS = {
+    "deepdoctor.diagnosis": 1,
+    "deepdoctor.checkup": 1,
+    "deepdoctor.treatment": 1,
+    "deepdoctor.compression": 1,
+}
 SCHEMA_FILE = Path(__file__).with_name("schema.json")
 
 __all__ = [

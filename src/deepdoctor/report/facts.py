@@ -9,7 +9,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-KIND_TITLES = {"diagnosis": "Diagnosis", "checkup": "Checkup", "treatment": "Treatment"}
+KIND_TITLES = {
+    "diagnosis": "Diagnosis",
+    "checkup": "Checkup",
+    "treatment": "Treatment",
+    "compression": "Compression",
+}
 
 
 def result_type(data: dict[str, Any]) -> str:
@@ -22,7 +27,9 @@ def problems(data: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def headline(data: dict[str, Any]) -> str:
-    """``healthy`` or ``3 problems (1 critical, 2 warning)``."""
+    """``healthy`` or ``3 problems (1 critical, 2 warning)``; a compression: its choice."""
+    if result_type(data) == "compression":
+        return _compression_headline(data)
     found = problems(data)
     if not found:
         return "healthy"
@@ -95,10 +102,34 @@ def _stop_row(data: dict[str, Any]) -> list[tuple[str, str]]:
     return [("training stopped", f"{reason} at step {number(step)}")]
 
 
+def _chosen(data: dict[str, Any]) -> dict[str, Any]:
+    index = data.get("chosen")
+    return data["baseline"] if index is None else data["points"][index]
+
+
+def _compression_headline(data: dict[str, Any]) -> str:
+    chosen, base = _chosen(data), data["baseline"]
+    if chosen is base:
+        return "no compressed model kept the baseline's accuracy: keep the baseline"
+    share = chosen["connections"] / max(1, base["connections"])
+    return f"chosen: {chosen['method']}, {chosen['setting']} ({percent(share)} of the connections)"
+
+
 def key_numbers(data: dict[str, Any]) -> list[tuple[str, str]]:
     """(label, value) pairs for the few numbers worth reading first."""
     kind = result_type(data)
     rows: list[tuple[str, str]] = []
+    if kind == "compression":
+        chosen, base = _chosen(data), data["baseline"]
+        for key, label, fmt in (
+            ("val_accuracy", "validation accuracy", percent),
+            ("connections", "connections", number),
+            ("bytes", "saved bytes", number),
+            ("latency_ms", "latency (ms per batch)", number),
+        ):
+            rows.append((label, f"{fmt(base.get(key))} -> {fmt(chosen.get(key))}"))
+        rows.append(("points measured", number(len(data.get("points") or []))))
+        return rows
     if kind == "treatment":
         applied = data.get("applied") or []
         rows.append(("remedies applied", ", ".join(applied) if applied else "none"))

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from . import facts, plots
+from . import compression, facts, plots
 
 MAX_LAYERS_LISTED = 12  # a finding naming more layers lists these and counts the rest
 MAX_LIST_ITEMS = 8  # evidence lists longer than this show their head and a count
@@ -381,6 +381,24 @@ def complexity_section(data: dict[str, Any]) -> str:
     return "".join(out)
 
 
+def compression_section(data: dict[str, Any]) -> str:
+    """Accuracy against connections, and every point's figures (deepdoctor.compress)."""
+    if not data.get("baseline"):
+        return ""
+    skipped = "".join(
+        f"<li><code>{esc(s.get('method'))}</code> skipped: {esc(s.get('reason'))}</li>"
+        for s in data.get("skipped") or []
+    )
+    return (
+        '<section id="compression"><h2>Compression</h2>'
+        + figure(compression.tradeoff_plot(data))
+        + table(compression.COLUMNS, compression.point_rows(data))
+        + f'<p class="muted">Latency: {esc(data.get("latency_how", ""))}.</p>'
+        + (f"<ul>{skipped}</ul>" if skipped else "")
+        + "</section>"
+    )
+
+
 # -- the page ---------------------------------------------------------------------------------
 
 SECTIONS: list[tuple[str, str, Callable[[dict[str, Any]], str]]] = [
@@ -391,6 +409,7 @@ SECTIONS: list[tuple[str, str, Callable[[dict[str, Any]], str]]] = [
     ("curves", "Curves", curves_section),
     ("checkup", "Checkup", checkup_section),
     ("complexity", "Complexity", complexity_section),
+    ("compression", "Compression", compression_section),
 ]
 
 
