@@ -263,3 +263,31 @@ def test_a_model_torchao_cannot_quantise_is_skipped_and_the_others_run() -> None
     ]
     assert [p.method for p in res.points] == ["low_rank"]
     assert not math.isnan(res.points[0].val_loss)
+
+
+# -- the command line -------------------------------------------------------------------------
+
+
+def test_cli_compresses_a_preset_and_writes_report_json_and_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from deepdoctor.cli import main
+
+    args = ["compress", "preset:healthy-mlp-digits", "--steps", "20", "--methods", "prune,quantize"]
+    args += ["--strengths", "0.5", "--finetune-steps", "2", "--timing", "0.002"]
+    assert main([*args, "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "compress healthy-mlp-digits: chosen:" in out and "wrote " in out
+    data = json.loads((tmp_path / "compression.json").read_text())
+    assert [p["method"] for p in data["points"]] == ["prune", "quantize", "quantize"]
+    assert data["points"][0]["connections"] == data["baseline"]["connections"] // 2
+    for name in ("report.html", "chosen_model.pt", "rebuild_chosen.py"):
+        assert (tmp_path / name).is_file()
+
+
+def test_cli_names_an_unknown_method_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from deepdoctor.cli import main
+
+    assert main(["compress", "preset:healthy-mlp-digits", "--methods", "shrink"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown compression method 'shrink'; the methods are prune," in err

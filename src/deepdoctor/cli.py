@@ -21,6 +21,7 @@ COMMANDS = [
     "demo",
     "report",
     "treat",
+    "compress",
     "checkup",
     "complexity",
     "diagnose",
