@@ -291,3 +291,32 @@ def test_cli_names_an_unknown_method_in_one_line(capsys: pytest.CaptureFixture[s
     assert main(["compress", "preset:healthy-mlp-digits", "--methods", "shrink"]) == 2
     err = capsys.readouterr().err
     assert "unknown compression method 'shrink'; the methods are prune," in err
+
+
+# -- structure search -------------------------------------------------------------------------
+
+
+def test_structure_search_is_nsga2_resumes_from_its_storage_and_returns_its_front(
+    tmp_path: Path,
+) -> None:
+    import optuna
+
+    exp = digits_experiment(steps=15)
+    storage = f"sqlite:///{tmp_path / 'search.db'}"
+    kwargs: dict[str, Any] = dict(max_depth=2, max_width=16, storage=storage, timing=0.002)
+    first = dd.search_structure(exp, n_trials=3, population_size=2, finetune_steps=3, **kwargs)
+    assert isinstance(first.study.sampler, optuna.samplers.NSGAIISampler)
+    assert len(first.trials) == 3
+    resumed = dd.search_structure(exp, n_trials=4, population_size=2, finetune_steps=3, **kwargs)
+    assert [t["number"] for t in resumed.trials] == [0, 1, 2, 3]  # one new trial, not four
+    stored = {t["number"]: t for t in resumed.trials}
+    assert {p.details["trial"] for p in resumed.points} <= set(stored)
+    for point in resumed.points:
+        assert nonzero_weights(point.model) == point.connections
+        source = stored[point.details["trial"]]
+        assert point.connections == source["connections"]
+        # a front trial from the first session is retrained from its recipe: same numbers
+        assert point.val_accuracy == pytest.approx(source["val_accuracy"], abs=1e-6)
+    accs = [p.val_accuracy for p in resumed.points]
+    conns = [p.connections for p in resumed.points]
+    assert conns == sorted(conns) and accs == sorted(accs)  # a front: more weights, better

@@ -7,7 +7,7 @@ from .checkup import Checkup, checkup
 # sets a package's attribute to a submodule only when it first loads it, which has happened by
 # this line, so a later `import deepdoctor.complexity` leaves the function in place.
 from .complexity import measure as complexity
-from .compress import Compression, compress
+from .compress import Compression, compress, search_structure
 from .detectors import detect
 from .diagnose import Diagnosis, diagnose, diagnose_experiment
 from .experiment import Experiment
@@ -39,6 +39,7 @@ __all__ = [
     "diagnose",
     "diagnose_experiment",
     "models",
+    "search_structure",
     "train",
     "treat",
 ]

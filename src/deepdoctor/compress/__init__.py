@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from .compress import DEFAULT_STRENGTHS, METHODS, compress
 from .points import Compression, Point, Skipped
+from .search import StructureSearch, search_structure
 
 __all__ = [
     "DEFAULT_STRENGTHS",
@@ -25,5 +26,7 @@ __all__ = [
     "Compression",
     "Point",
     "Skipped",
+    "StructureSearch",
     "compress",
+    "search_structure",
 ]

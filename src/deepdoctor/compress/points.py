@@ -116,6 +116,14 @@ class Compression(Result):
         self.search = search
         mark_pareto([baseline, *points], task)
 
+    def include(self, search: Any) -> None:
+        """Add a structure search's front, so one plot and one table show both; the Pareto
+        marks are redrawn over the union."""
+        self.search_points = list(search.points)
+        self.search = search.to_dict()
+        mark_pareto([*self.all_points, *self.search_points], self.task)
+        self.search["points"] = [p.to_dict() for p in self.search_points]
+
     @property
     def all_points(self) -> list[Point]:
         return [self.baseline, *self.points]

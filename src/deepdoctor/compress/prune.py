@@ -26,6 +26,20 @@ def prunable(model: nn.Module) -> list[tuple[nn.Linear | nn.modules.conv._ConvNd
     return [(m, "weight") for m in model.modules() if isinstance(m, PRUNABLE)]
 
 
+def prune_to(model: nn.Module, sparsity: float) -> None:
+    """Mask the smallest weights of ``model`` globally until ``sparsity`` of them are zero
+    (one shot; ``run`` is the iterative schedule). The masks stay on while it fine-tunes."""
+    prune.global_unstructured(prunable(model), pruning_method=prune.L1Unstructured, amount=sparsity)
+
+
+def make_permanent(model: nn.Module) -> nn.Module:
+    """Fold the masks into plain weight tensors: real zeros, no hooks left."""
+    for module, name in prunable(model):
+        if prune.is_pruned(module):
+            prune.remove(module, name)
+    return model
+
+
 def run(ctx: Context, strengths: Sequence[float]) -> Iterator[Point]:
     model = ctx.copy_teacher()
     targets = prunable(model)
@@ -43,9 +57,7 @@ def run(ctx: Context, strengths: Sequence[float]) -> Iterator[Point]:
         )
         pruned = goal
         spent += ctx.finetune(model, label=f"prune {strength:.0%}")
-        snapshot = copy.deepcopy(model)
-        for module, name in prunable(snapshot):
-            prune.remove(module, name)
+        snapshot = make_permanent(copy.deepcopy(model))
         yield ctx.point(
             "prune",
             f"{strength:.0%} of weights removed",

@@ -19,7 +19,7 @@ METHOD_STYLES = {
     "low_rank": (plots.GREEN, "^"),
     "quantize": (plots.PURPLE, "D"),
     "distill": (plots.ORANGE, "v"),
-    "search": (plots.SKY, "x"),
+    "search": (plots.SKY, "P"),
 }
 COLUMNS = [
     "method",
@@ -69,6 +69,17 @@ def tradeoff_plot(data: dict[str, Any]) -> plots.Plot | None:
                 label=method,
                 zorder=3,
             )
+    trials = (data.get("search") or {}).get("trials") or []
+    if trials:
+        ax.scatter(
+            [max(1, t.get("connections") or 1) for t in trials],
+            [_score(t, task) for t in trials],
+            c=plots.SKY,
+            marker=".",
+            alpha=0.6,
+            label="search trials",
+            zorder=1,
+        )
     front = sorted((p for p in points if p.get("pareto")), key=lambda p: p["connections"])
     if front:
         ax.step(
@@ -103,7 +114,8 @@ def tradeoff_plot(data: dict[str, Any]) -> plots.Plot | None:
         key="compression-tradeoff",
         title="Accuracy against connections",
         caption=(
-            "Every compressed model, and the structure search's where one ran. Up and to "
+            "Every compressed model, and the structure search's where one ran (its front as "
+            "crosses, its other trials as dots). Up and to "
             "the left is better; the dashed line joins the Pareto front, the models no other "
             "beats on both accuracy and connections. The ring marks the chosen model."
         ),
