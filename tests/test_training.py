@@ -182,6 +182,7 @@ def test_evaluation_every_k_steps_and_at_the_end(blobs: Data) -> None:
         "train_accuracy",
         "val_loss",
         "val_accuracy",
+        "val_balanced_accuracy",
     }
     # train and validation are the same data here, so they must agree
     assert history.final["train_loss"] == pytest.approx(history.final["val_loss"], rel=1e-6)

@@ -68,7 +68,9 @@ def test_the_broken_50_layer_sigmoid_mlp_is_treated_to_90_percent(sigmoid50: Tre
     assert tr.compute <= 3.0
     assert "vanishing_gradients" in kinds(tr.findings_before)
     assert "vanishing_gradients" not in kinds(tr.findings)
-    assert not tr.interrupted and tr.message.startswith("applied residual: score 0.103 -> 0.9")
+    assert not tr.interrupted and tr.message.startswith(
+        "repaired: residual kept: accuracy 0.103 -> 0.9"
+    )
     kept = [t for t in tr.trials if t.kept]
     assert [t.stage for t in kept] == ["screen", "verify"]
     assert kept[-1].steps == 300 and kept[-1].metrics == tr.after
@@ -107,7 +109,8 @@ def test_the_diverging_relu_mlp_is_treated_and_the_blowup_is_gone(diverging: Tre
 def test_a_healthy_model_gets_no_remedy() -> None:
     tr = treat(get_preset("healthy-mlp-digits"))
     assert tr.applied == [] and tr.trials == []
-    assert tr.message == "the untreated run is healthy: no remedy applied"
+    assert tr.message == "healthy: the untreated run is healthy: no remedy applied"
+    assert tr.verdict == "healthy" and tr.remaining == []
     assert tr.compute == 1.0
     assert tr.after == tr.before and tr.before["val_accuracy"] > 0.95
     assert tr.treated is tr.experiment and tr.snippet() == "# deepdoctor treat: no change\n"
@@ -212,7 +215,7 @@ def test_a_budget_of_one_run_gives_the_baseline_only() -> None:
     )
     assert tr.trials[-1].reason == "treat screens at most 6 remedy sets a round, best-ranked first"
     assert all(t.error is None and t.round == 1 for t in tr.trials)
-    assert tr.message.startswith("no remedy beat the untreated run")
+    assert tr.message.startswith("not repaired: no remedy beat the untreated run")
 
 
 def unseeded_generator() -> nn.Module:
@@ -266,7 +269,7 @@ def test_ctrl_c_during_screening_returns_the_untreated_run(
     monkeypatch.setitem(REMEDIES, "adam", Remedy("adam", "optimization", "Ctrl-C", interrupting))
     tr = treat(small_sigmoid(), remedies=["adam", "residual"])
     assert tr.interrupted and tr.applied == []
-    assert tr.message == "interrupted: returning the untreated run"
+    assert tr.message == "not repaired: interrupted: returning the untreated run"
     assert tr.trials == []  # residual was never screened
     assert tr.after == tr.before and tr.compute == 1.2  # baseline + the noise run
 
@@ -275,7 +278,9 @@ def test_ctrl_c_keeps_the_best_verified_result_so_far(monkeypatch: pytest.Monkey
     monkeypatch.setitem(REMEDIES, "adam", Remedy("adam", "optimization", "Ctrl-C", interrupting))
     tr = treat(get_preset("overfitting-noisy-digits"), remedies=["early_stopping", "adam"])
     assert tr.interrupted and tr.applied == ["early_stopping"]
-    assert tr.message.startswith("interrupted: keeping early_stopping, verified over the full run")
+    assert tr.message.startswith(
+        "partly repaired: interrupted: keeping early_stopping, verified over the full run"
+    )
     assert tr.after["val_loss"] < tr.before["val_loss"]
 
 
@@ -412,7 +417,7 @@ def test_cli_treat_writes_model_snippet_and_report(
     code = main(["treat", "preset:sigmoid-mlp50-digits", "--steps", "50", "--out", str(out)])
     printed = capsys.readouterr().out
     assert code == 0  # repaired: the gated skips leave no warning behind
-    assert "applied residual" in printed and "before / after" in printed
+    assert "repaired: residual kept" in printed and "before / after" in printed
     report = json.loads((out / "treatment.json").read_text())
     assert report["applied"] == ["residual"] and report["experiment"]["steps"] == 50
     assert report["healthy"] and any(f["severity"] != "info" for f in report["findings_before"])

@@ -250,7 +250,7 @@ class Probe:
         self._tally.add(targets, self._prediction)
 
     def record_eval(self, step: int | None = None, **metrics: float) -> None:
-        """Record evaluation metrics (train_loss, train_accuracy, val_loss, val_accuracy)."""
+        """Record evaluation metrics (the names in ``trace.EVAL_STATS``)."""
         unknown = set(metrics) - set(self._trace.evals.stats)
         if unknown:
             raise ValueError(

@@ -20,12 +20,13 @@ from .experiment import Experiment
 from .findings import Finding, sort_findings
 from .progress import progress_bar
 from .remedies import REMEDIES, Context, Prescription, apply_remedies, compatible
+from .scoring import Scoring, metrics_of, needs_another_seed, noise_margin, scoring_for
 from .training import History, is_loader, loader_tensors
+
+__all__ = ["Ledger", "Search", "Trial", "metrics_of"]
 
 DEFAULT_BUDGET = 3.0  # baseline runs; AUTOTRAINER reports 2.21x for its repairs
 SCREEN_FRACTION = 0.2  # of the steps: enough for trainability fixes to separate from chance
-MIN_GAIN_ACCURACY = 0.01  # a kept remedy gains at least one point of validation accuracy ...
-MIN_GAIN_LOSS = 0.02  # ... or, without accuracy, 2% of the validation loss
 MAX_CANDIDATES = 6  # remedy sets screened at most in a round; the rest are not tried
 # The Deep Learning Tuning Playbook: clipping on more than half the steps is a sign that the
 # learning rate is too high, and lowering it is the better fix; treat then screens lower_lr.
@@ -266,15 +267,17 @@ class Round:
         self.one_run = self.ledger.runs(exp.steps)  # this round's run, in untreated runs
         self.started = time.time()
         self.base: Any = baseline  # a Diagnosis; round 1 runs its own
-        self.noise = math.nan
+        self.noise = math.nan  # the robust spread of the screen's score over seeds
+        self.noise_samples: list[float] = []  # the screen's score at each seed
         self.margin = 0.0
         self.passed: list[Trial] = []
+        self.scoring: Scoring = scoring_for(exp)
 
     def run(self) -> Outcome:
         if self.base is None:
             self.base = self._diagnose(self.exp, "baseline")
         self.before = metrics_of(self.base.history)
-        self.base_score = score_of(self.before)
+        self.base_score = self.scoring.of(self.before)
         candidates = self._candidates()
         if not candidates:
             which = "treated" if self.number > 1 else "untreated"
@@ -334,20 +337,21 @@ class Round:
         return screen_steps
 
     def _measure_noise(self) -> None:
-        """The baseline again from the next seed, to the screening point: the gap between the
-        two seeds there is the noise a candidate must beat (and at least ``MIN_GAIN``)."""
-        if self.ledger.fits(self.ledger.runs(self.screen_steps)):
-            other = self.exp.run(steps=self.screen_steps, seed=self.exp.seed + 1)
+        """The baseline again from the next seed, to the screening point, and from one more
+        when the two disagree: the robust spread of the screen's score over the seeds sets
+        the noise margin a candidate must beat (``scoring.noise_margin``)."""
+        min_gain = self.scoring.min_gain(self.base_score)
+        self.noise_samples = [self.scoring.at(self.base.history, self.screen_steps)]
+        for offset in (1, 2):
+            if offset == 2 and not needs_another_seed(self.noise_samples, min_gain):
+                break
+            if not self.ledger.fits(self.ledger.runs(self.screen_steps)):
+                break
+            other = self.exp.run(steps=self.screen_steps, seed=self.exp.seed + offset)
             self.ledger.charge("noise run", other.steps)
             stop_if_interrupted(other)
-            at_screen = score_at(self.base.history, self.screen_steps)
-            self.noise = abs(at_screen - score_of(metrics_of(other)))
-        min_gain = (
-            MIN_GAIN_ACCURACY
-            if uses_accuracy(self.before)
-            else MIN_GAIN_LOSS * abs(self.base_score)
-        )
-        self.margin = max(min_gain, self.noise if math.isfinite(self.noise) else 0.0)
+            self.noise_samples.append(self.scoring.of(metrics_of(other)))
+        self.margin, self.noise = noise_margin(self.noise_samples, min_gain)
 
     def _screen_candidates(self, candidates: list[list[str]]) -> None:
         queue = list(candidates)
@@ -408,25 +412,24 @@ class Round:
         run = self._diagnose(treated, "verifying")
         stop_if_interrupted(run.history)
         metrics = metrics_of(run.history)
-        score = score_of(metrics)
-        kept = score > self.base_score + self.margin
+        score = self.scoring.of(metrics)
+        why_not = self._why_not(score, self.base_score, run.findings)
         self._record(
             Trial(
                 best.remedies,
                 "verify",
-                "kept" if kept else "no_gain",
+                "no_gain" if why_not else "kept",
                 self.number,
                 steps=run.history.steps,
                 metrics=metrics,
                 score=score,
                 baseline_score=self.base_score,
+                note=why_not,
             )
         )
-        if not kept:
+        if why_not:
             return self._nothing(
-                f"{'+'.join(best.remedies)} passed screening but "
-                f"did not beat the untreated run over the full budget "
-                f"({score:.3g} vs {self.base_score:.3g}, margin {self.margin:.3g})"
+                f"{'+'.join(best.remedies)} passed screening but not the full run: {why_not}"
             )
         best.status = "kept"
         return Outcome(best.remedies, treated, run, self._applied(best.remedies, score))
@@ -496,9 +499,11 @@ class Round:
         self.ledger.charge(f"{stage} {'+'.join(group)}", history.steps)
         stop_if_interrupted(history)
         metrics = metrics_of(history)
-        score, baseline_score = score_of(metrics), score_at(self.base.history, steps)
+        score, baseline_score = self.scoring.of(metrics), self.scoring.at(self.base.history, steps)
+        why_not = self._why_not(score, baseline_score, full_run[1].findings if full_run else None)
         return trial(
-            "passed" if score > baseline_score + self.margin else "no_gain",
+            "no_gain" if why_not else "passed",
+            note=why_not,
             steps=history.steps,
             metrics=metrics,
             score=score,
@@ -507,6 +512,27 @@ class Round:
             full_run=full_run,
             candidate=candidate,
         )
+
+    def _why_not(self, score: float, baseline: float, findings: list[Finding] | None) -> str | None:
+        """Why a run's score does not count as a gain, in words; None when it does: it must
+        beat the untreated run by the noise margin, beat the trivial predictor, and (when it
+        was probed) raise no critical finding that the untreated run did not."""
+        sc = self.scoring
+        if not score > baseline + self.margin:
+            return (
+                f"{sc.metric.replace('_', ' ')} {_score(score, sc)} does not beat the untreated "
+                f"run's {_score(baseline, sc)} by the noise margin {self.margin:.3g}"
+            )
+        if not sc.beats_trivial(score):
+            return (
+                f"{sc.metric.replace('_', ' ')} {_score(score, sc)} is no better than "
+                f"{sc.trivial_what} ({_score(sc.trivial, sc)})"
+            )
+        before = {f.kind for f in self.base.findings if f.severity == "critical"}
+        new = sorted({f.kind for f in findings or [] if f.severity == "critical"} - before)
+        if new:
+            return f"it raises critical findings the untreated run did not: {', '.join(new)}"
+        return None
 
     def _shortfall(self, late: bool, steps: int) -> str | None:
         """Why a screen of ``steps`` does not fit, in words; None when it does. A short
@@ -532,10 +558,11 @@ class Round:
         return Outcome([], self.exp, self.base, message, interrupted)
 
     def _applied(self, remedies: list[str], score: float) -> str:
+        sc = self.scoring
         return (
-            f"applied {' + '.join(remedies)}: score {self.base_score:.3g} -> {score:.3g} "
-            f"(+{score - self.base_score:.3g}, noise margin {self.margin:.3g}) in "
-            f"{time.time() - self.started:.0f} s"
+            f"{' + '.join(remedies)} kept: {sc.metric.replace('_', ' ')} "
+            f"{_score(self.base_score, sc)} -> {_score(score, sc)} (noise margin "
+            f"{self.margin:.3g}) in {time.time() - self.started:.0f} s"
         )
 
 
@@ -588,36 +615,6 @@ def _context(exp: Experiment, trace: Any, findings: list[Finding]) -> Context:
 # -- scoring --------------------------------------------------------------------------------
 
 
-def metrics_of(history: History) -> dict[str, float]:
-    """The metrics of the model a run returns (see ``History.final``)."""
-    final = history.final
-    return {
-        k: float(final[k])
-        for k in ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
-        if k in final
-    }
-
-
-def score_of(metrics: dict[str, float]) -> float:
-    """Higher is better: validation accuracy where it exists, else minus the loss."""
-    for key in ("val_accuracy", "train_accuracy"):
-        v = metrics.get(key, math.nan)
-        if math.isfinite(v):
-            loss = metrics.get("val_loss", metrics.get("train_loss", math.nan))
-            return v if math.isfinite(loss) else -math.inf
-    loss = metrics.get("val_loss", metrics.get("train_loss", math.nan))
-    return -loss if math.isfinite(loss) else -math.inf
-
-
-def score_at(history: History, step: int) -> float:
-    """The score of the evaluation at ``step`` (or the last one before it)."""
-    chosen: dict[str, float] | None = None
-    for e in history.evals:
-        if e["step"] <= step:
-            chosen = e
-    return score_of(chosen) if chosen else -math.inf
-
-
 def stop_if_interrupted(history: History) -> History:
     """The training loop turns Ctrl-C into a clean stop of that one run; treat stops too."""
     if history.stopped == "interrupted":
@@ -625,10 +622,13 @@ def stop_if_interrupted(history: History) -> History:
     return history
 
 
+def _score(value: float, scoring: Scoring) -> str:
+    """A score as a person reads it: a loss as a loss, and what an infinity means."""
+    if not math.isfinite(value):
+        return "(the run blew up)" if value < 0 else "(not finite)"
+    return f"{value:.3g}" if scoring.uses_accuracy else f"(loss {-value:.3g})"
+
+
 def rank(trial: Trial) -> tuple[float, int]:
     """The larger gain first; on a tie, fewer changes."""
     return trial.score, -len(trial.remedies)
-
-
-def uses_accuracy(metrics: dict[str, float]) -> bool:
-    return any(math.isfinite(metrics.get(k, math.nan)) for k in ("val_accuracy", "train_accuracy"))

@@ -16,7 +16,8 @@ outputs    sampled       out_mean, out_std of every parameterised layer's output
 updates    sampled       update_ratio = ||w_after - w_before|| / ||w_before||
 acts       sampled       act_mean, act_std, dead_frac, saturated_frac, nonfinite
 inputs     sampled       mean, std, feature_mean_absmax, feature_std_max, feature_std_min
-evals      when told     train_loss, train_accuracy, val_loss, val_accuracy
+evals      when told     train_loss, train_accuracy, val_loss, val_accuracy,
+                         val_balanced_accuracy
 ========== ============= ===================================================================
 """
 
@@ -192,7 +193,13 @@ STEP_STATS = [
 LAYER_STATS = ["grad_norm_weight", "grad_norm_bias", "weight_norm"]
 OUTPUT_STATS = ["out_mean", "out_std"]
 UPDATE_STATS = ["update_ratio"]
-EVAL_STATS = ["train_loss", "train_accuracy", "val_loss", "val_accuracy"]
+EVAL_STATS = [
+    "train_loss",
+    "train_accuracy",
+    "val_loss",
+    "val_accuracy",
+    "val_balanced_accuracy",
+]
 
 
 class Trace:

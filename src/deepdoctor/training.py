@@ -244,11 +244,9 @@ def compute_loss(
 
 
 def accuracy(out: torch.Tensor, y: torch.Tensor, task: str) -> float:
-    if task == "classification":
-        return float((out.argmax(1) == y).float().mean())
-    if task == "binary":
-        return float(((out > 0).float() == y).float().mean())
-    return math.nan
+    if task == "regression":
+        return math.nan
+    return float((predictions(out, task).reshape(-1) == y.reshape(-1)).float().mean())
 
 
 def batch_norm_layers(model: nn.Module) -> list[nn.Module]:
@@ -260,7 +258,6 @@ def batch_norm_layers(model: nn.Module) -> list[nn.Module]:
     ]
 
 
-@torch.no_grad()
 def evaluate(
     model: nn.Module,
     X: torch.Tensor,
@@ -270,7 +267,25 @@ def evaluate(
     *,
     batch_stats: bool = False,
 ) -> tuple[float, float]:
-    """Mean loss and accuracy (NaN for regression) in eval mode; the mode is restored.
+    """Mean loss and accuracy (NaN for regression) in eval mode; see ``evaluate_metrics``."""
+    m = evaluate_metrics(model, X, y, loss_fn, task, batch_stats=batch_stats)
+    return m["loss"], m["accuracy"]
+
+
+@torch.no_grad()
+def evaluate_metrics(
+    model: nn.Module,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn: Callable[..., Any],
+    task: str,
+    *,
+    batch_stats: bool = False,
+) -> dict[str, float]:
+    """Mean loss, accuracy and balanced accuracy (the mean of the per-class recalls over the
+    classes present in ``y``; NaN for regression) in eval mode; the mode is restored.
+    Balanced accuracy is what treat scores on imbalanced data, where plain accuracy rewards
+    predicting the majority class.
 
     batch_stats: batch-norm layers normalise with each chunk's own statistics, as in
     training, instead of running statistics that early in a run have not converged (on a
@@ -287,21 +302,48 @@ def evaluate(
         for m in norms:
             m.train()
     try:
-        total, correct, n = 0.0, 0.0, 0
+        total, n = 0.0, 0
+        hits: dict[int, list[int]] = {}  # class -> [right, seen]
         for start in range(0, len(X), chunk):
             xb = X[start : start + chunk]
             yb = targets_for(y[start : start + chunk], task)
             out = fit_output(logits_of(model(xb)), yb, task)
             total += float(compute_loss(loss_fn, out, yb)) * len(xb)
             if task != "regression":
-                correct += accuracy(out, yb, task) * len(xb)
+                _count_hits(hits, predictions(out, task), yb)
             n += len(xb)
     finally:
         for m, buffers in zip(norms, saved, strict=True):
             for b, kept in zip(m.buffers(recurse=False), buffers, strict=True):
                 b.copy_(kept)
         model.train(was_training)
-    return total / n, (correct / n if task != "regression" else math.nan)
+    if task == "regression" or not hits:
+        return {"loss": total / n, "accuracy": math.nan, "balanced_accuracy": math.nan}
+    right = sum(r for r, _ in hits.values())
+    recalls = [r / seen for r, seen in hits.values()]
+    return {
+        "loss": total / n,
+        "accuracy": right / n,
+        "balanced_accuracy": float(np.mean(recalls)),
+    }
+
+
+def predictions(out: torch.Tensor, task: str) -> torch.Tensor:
+    """Predicted classes: the argmax of class logits, or a binary logit's sign."""
+    return out.argmax(1) if task == "classification" else (out > 0).to(out.dtype)
+
+
+def _count_hits(hits: dict[int, list[int]], predicted: torch.Tensor, y: torch.Tensor) -> None:
+    """Add each class's right predictions and samples of one chunk to ``hits``."""
+    labels = y.reshape(-1).long()
+    right = predicted.reshape(-1) == y.reshape(-1)
+    size = int(labels.max()) + 1 if labels.numel() else 1
+    seen = torch.bincount(labels, minlength=size)
+    correct = torch.bincount(labels[right], minlength=size)
+    for c in torch.nonzero(seen).flatten().tolist():
+        entry = hits.setdefault(c, [0, 0])
+        entry[0] += int(correct[c])
+        entry[1] += int(seen[c])
 
 
 def _all_targets(data: Any) -> torch.Tensor:
@@ -645,8 +687,12 @@ class _Run:
         )
         metrics = {"step": float(step), "train_loss": tl, "train_accuracy": ta}
         if self.val_tensors is not None:
-            vl, va = evaluate(self.model, *self.val_tensors, self.loss_fn, self.task)
-            metrics.update(val_loss=vl, val_accuracy=va)
+            val = evaluate_metrics(self.model, *self.val_tensors, self.loss_fn, self.task)
+            metrics.update(
+                val_loss=val["loss"],
+                val_accuracy=val["accuracy"],
+                val_balanced_accuracy=val["balanced_accuracy"],
+            )
         self.history.evals.append(metrics)
         if self.probe is not None:
             self.probe.record_eval(step=step, **{k: v for k, v in metrics.items() if k != "step"})

@@ -99,6 +99,13 @@ class Treatment(Result):
     history_after: History | None = None
     interrupted: bool = False
     rounds: int = 1
+    # "repaired" (a remedy kept, no warning or critical finding left), "partly repaired"
+    # (kept, but ``remaining`` lists what is left), "not repaired" (nothing kept over a run
+    # with problems) or "healthy" (nothing to repair).
+    verdict: str = "not repaired"
+    remaining: list[str] = field(default_factory=list)
+    # What runs were compared by (``deepdoctor.scoring.Scoring.to_dict``).
+    scoring: dict[str, Any] = field(default_factory=dict)
     # The treated run's Diagnosis (its trace included), the baseline of a next round.
     diagnosis_after: Any = field(default=None, repr=False, compare=False)
 
@@ -129,6 +136,9 @@ class Treatment(Result):
                     "batch_size": self.experiment.batch_size,
                 },
                 "message": self.message,
+                "verdict": self.verdict,
+                "remaining": list(self.remaining),
+                "scoring": dict(self.scoring),
                 "applied": list(self.applied),
                 "before": clean(self.before),
                 "after": clean(self.after),
@@ -276,6 +286,10 @@ def _optimizer_factory(
 def _treatment(search: Search) -> Treatment:
     """The Treatment: before from the first round, after from the last one that kept."""
     first, final = search.rounds[0], search.final
+    verdict, remaining = _verdict(search.applied, first.base.findings, final.run.findings)
+    message = f"{verdict}: {search.message}"
+    if verdict == "partly repaired":
+        message += f"; what remains: {', '.join(remaining)}"
     return Treatment(
         applied=search.applied,
         before=first.before,
@@ -286,12 +300,28 @@ def _treatment(search: Search) -> Treatment:
         findings_before=first.base.findings,
         noise=first.noise,
         compute=search.ledger.compute,
-        message=search.message,
+        message=message,
         experiment=first.exp,
         treated=final.treated,
         history_before=first.base.history,
         history_after=final.run.history,
         interrupted=search.interrupted,
         rounds=len(search.rounds),
+        verdict=verdict,
+        remaining=remaining,
+        scoring=first.scoring.to_dict(),
         diagnosis_after=final.run,
     )
+
+
+def _verdict(
+    applied: list[str], before: list[Finding], after: list[Finding]
+) -> tuple[str, list[str]]:
+    """The headline word, and the problem kinds the treated run still shows."""
+    if not any(f.is_problem for f in before):
+        return "healthy", []
+    remaining = [f.kind for f in sort_findings(after) if f.is_problem]
+    remaining = list(dict.fromkeys(remaining))
+    if not applied:
+        return "not repaired", remaining
+    return ("partly repaired" if remaining else "repaired"), remaining
