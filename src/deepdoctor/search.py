@@ -570,9 +570,13 @@ class Round:
 
 
 def candidate_remedies(findings: list[Finding]) -> list[list[str]]:
-    """Remedy sets to screen, from the findings' remedies, most severe finding first."""
+    """Remedy sets to screen, from the warning and critical findings' remedies: root causes
+    first (a finding another one is ``caused_by``), then the most severe finding first."""
+    problems = sort_findings([f for f in findings if f.is_problem])
+    roots = {f.caused_by for f in findings if f.caused_by}
+    problems.sort(key=lambda f: f.kind not in roots)  # stable: severity order within
     seen: list[list[str]] = []
-    for f in sort_findings([f for f in findings if f.is_problem]):
+    for f in problems:
         for name in f.remedies:
             group = [name] + ([PAIRED[name]] if name in PAIRED else [])
             if group not in seen and all(n in REMEDIES for n in group):

@@ -137,11 +137,23 @@ def _nonfinite(trace: Trace) -> list[Finding]:
                 "nonfinite": what,
                 "nonfinite_weights": weights,
             },
-            # Adam with its default settings replaces an optimizer misconfigured into NaN
-            # (Adam with eps=0 divides 0 by 0 on a parameter that never gets a gradient).
-            remedies=[*LOWER_LR_FIRST, "adam"],
+            remedies=_nonfinite_remedies(trace, step, what),
         )
     ]
+
+
+def _nonfinite_remedies(trace: Trace, step: int | None, what: list[str]) -> list[str]:
+    """A loss that is already NaN at step 0 comes from the forward pass at initialisation,
+    which no optimizer setting reaches: inputs, initialisation and normalisation first.
+    Later, the update made it: a lower rate, clipping, warmup; and Adam with its default
+    settings replaces an optimizer misconfigured into NaN (Adam with eps=0 divides 0 by 0 on
+    a parameter that never gets a gradient)."""
+    if step == 0 and "loss" in what:
+        at_init = ["xavier_init", "batch_norm", "layer_norm"]
+        if _inputs_unscaled(trace):
+            return ["standardize_inputs", *at_init]
+        return [*at_init, "standardize_inputs"]
+    return [*LOWER_LR_FIRST, "adam"]
 
 
 # -- the shape of the loss curve ---------------------------------------------------------------
