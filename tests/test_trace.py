@@ -117,7 +117,7 @@ def test_bad_rows_and_files_are_clear_errors(tmp_path: Path) -> None:
     header["format_version"] = 99
     arrays["header"] = np.asarray(json.dumps(header))
     np.savez(path, **arrays)
-    message = "has trace format 99, and this deepdoctor reads formats 1, 2: load it with"
+    message = "has trace format 99, and this deepdoctor reads formats 1, 2, 3: load it with"
     with pytest.raises(ValueError, match=message):
         Trace.load(path)
 
