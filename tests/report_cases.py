@@ -78,6 +78,7 @@ def diagnosis_dict(
         "stopped": {"reason": history.stopped, "step": history.stop_step},
         "history": history.to_dict(),
         "trace": trace.to_dict(),
+        "learning_speed": trace.learning_speed_at_ends(),
     }
 
 
@@ -329,6 +330,14 @@ def synthetic_diagnosis(
         "stopped": {"reason": "completed", "step": None},
         "history": history,
         "trace": trace,
+        "learning_speed": {
+            "layers": names,
+            "window": 5,
+            "start_steps": [0, 4],
+            "end_steps": [n_steps - 5, n_steps - 1],
+            "start": list(depth_profile),
+            "end": list(depth_profile * 2),
+        },
     }
 
 

@@ -121,7 +121,9 @@ def test_to_dict_has_the_contract_layout(batch) -> None:  # type: ignore[no-unty
         "grad_to_weight",
         "dead_frac",
         "saturated_frac",
+        "weight_layer",
     }
+    assert [row["weight_layer"] for row in d["layers"]] == [True, True, True]
     assert set(d["input"]) == {
         "mean",
         "std",

@@ -10,7 +10,7 @@ import pytest
 
 from deepdoctor import __version__
 from deepdoctor.cli import main
-from deepdoctor.commands.demo import speed_comparison
+from deepdoctor.report.facts import speed_comparison
 
 
 def test_help_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
@@ -76,11 +76,11 @@ def test_demo_runs_checkup_diagnose_treat_and_report(
 def test_speed_comparison_says_when_the_first_layer_underflowed() -> None:
     assert speed_comparison(0.0, 0.13) == (
         "the first layer's gradient underflowed to exactly 0: it does not learn at all, while "
-        "the last layer's is 0.13."
+        "the last layer's is 0.13"
     )
-    expected = "the first layer learns 10^8 times slower than the last."
+    expected = "the first layer learns 10^8 times slower than the last"
     assert speed_comparison(2e-9, 0.2) == expected
-    assert speed_comparison(0.4, 0.2) == "the first layer learns 2 times as fast as the last."
+    assert speed_comparison(0.4, 0.2) == "the first layer learns 2 times as fast as the last"
     assert "not finite" in speed_comparison(float("nan"), 0.2)
 
 

@@ -22,7 +22,7 @@ import deepdoctor as dd
 from deepdoctor.cli import main
 from deepdoctor.presets import PRESETS
 from deepdoctor.report import print_summary
-from deepdoctor.report.terminal import NARROW_WIDTH, print_findings
+from deepdoctor.report.terminal import NARROW_WIDTH, print_findings, print_trials
 from deepdoctor.wording import readable, rounded
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -225,3 +225,15 @@ def test_healthy_result_says_so_in_the_headline() -> None:
     }
     text = render(data, plain_console())
     assert text.splitlines()[:2] == ["Diagnosis of ok: healthy", "findings: none"]
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_trials_match_golden_file_and_keep_remedy_names_whole(width: int) -> None:
+    data = rc.treatment_dict()
+    console = plain_console(width)
+    with console.capture() as capture:
+        print_trials(data["trials"], console)
+    out = capture.get()
+    check_golden(out, f"trials_{width}")
+    words = set(out.split())
+    assert all("+".join(t["remedies"]) in words for t in data["trials"])

@@ -96,6 +96,7 @@ class LayerCheck:
             "grad_to_weight": self.grad_to_weight,
             "dead_frac": self.dead_frac,
             "saturated_frac": self.saturated_frac,
+            "weight_layer": self.weight_layer,  # counted by the trainable depth
         }
 
 
@@ -135,6 +136,8 @@ class Checkup(Result):
             )
         )
         out["complexity"] = self.complexity.to_dict()
+        if self.meta.get("experiment"):
+            out["experiment"] = dict(self.meta["experiment"])
         return out
 
     @classmethod
@@ -483,7 +486,7 @@ def checkup_experiment(experiment: Experiment, seed: int | None = None) -> Check
             n_samples = len(exp.train.dataset)
         except TypeError:  # an iterable dataset has no length
             n_samples = None
-    return _checkup(
+    chk = _checkup(
         model,
         *batch,
         exp.loss_fn,
@@ -493,3 +496,11 @@ def checkup_experiment(experiment: Experiment, seed: int | None = None) -> Check
         n_classes=exp.n_classes,
         train=exp.train,
     )
+    # The page's title and header name the experiment, as a Diagnosis's do.
+    chk.meta["experiment"] = {
+        "name": exp.name,
+        "description": exp.description,
+        "seed": exp.seed,
+        "batch_size": exp.batch_size,
+    }
+    return chk

@@ -73,6 +73,8 @@ class Diagnosis(Result):
         out["stopped"] = {"reason": self.stop_reason, "step": self.stopped_at}
         out["history"] = self.history.to_dict()
         out["trace"] = self.trace.to_dict()
+        # The one figure of learning speed at the start and end that page and terminal show.
+        out["learning_speed"] = self.trace.learning_speed_at_ends()
         return out
 
     @classmethod

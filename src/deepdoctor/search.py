@@ -449,7 +449,8 @@ class Round:
             treated,
             run,
             f"interrupted: keeping {' + '.join(best.remedies)}, verified over the full run "
-            f"(score {self.base_score:.3g} -> {best.score:.3g})",
+            f"(score {_score(self.base_score, self.scoring)} -> "
+            f"{_score(best.score, self.scoring)})",
             interrupted=True,
         )
 

@@ -44,6 +44,38 @@ from .stats import ACT_STATS, INPUT_STATS, WEIGHT_LAYER_TYPE_NAMES
 FORMAT_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)
 TASKS = ("classification", "binary", "regression")
+# Learning speed "at the start" and "at the end": the mean over this many recorded steps, so
+# one noisy batch does not decide it (the page and the terminal both read this one figure).
+SPEED_WINDOW = 5
+
+
+def speed_at_ends(speed: np.ndarray, steps: Any, window: int = SPEED_WINDOW) -> dict[str, Any]:
+    """Each layer's learning speed at the start and the end of a run, JSON-ready.
+
+    ``speed`` is (recorded steps, layers), ``steps`` the recorded step numbers. ``start`` and
+    ``end`` are the mean of each layer's finite speeds over the first and the last
+    ``window`` recorded steps (None where none was finite); ``start_steps`` and
+    ``end_steps`` the first and last step each mean covers.
+    """
+    speed = np.asarray(speed, dtype=np.float64)
+    steps = [int(s) for s in steps]
+    n = min(window, len(steps))
+    if n == 0 or speed.size == 0:
+        return {"window": 0, "start_steps": [], "end_steps": [], "start": [], "end": []}
+
+    def mean(block: np.ndarray) -> list[float | None]:
+        finite = np.isfinite(block)
+        count = finite.sum(axis=0)
+        total = np.where(finite, block, 0.0).sum(axis=0)
+        return [float(t / c) if c else None for t, c in zip(total, count, strict=True)]
+
+    return {
+        "window": n,
+        "start_steps": [steps[0], steps[n - 1]],
+        "end_steps": [steps[-n], steps[-1]],
+        "start": mean(speed[:n]),
+        "end": mean(speed[-n:]),
+    }
 
 
 @dataclass
@@ -553,6 +585,12 @@ class Trace:
         if named:
             return {name: speed[:, i] for i, name in enumerate(self.layers)}
         return speed
+
+    def learning_speed_at_ends(self, window: int = SPEED_WINDOW) -> dict[str, Any]:
+        """Each layer's learning speed at the start and the end of the run (``speed_at_ends``),
+        with the layer names: what a Diagnosis stores and every view of it shows."""
+        ends = speed_at_ends(self.learning_speed(), self.layer.step_array(), window)
+        return {"layers": list(self.layers), **ends}
 
     def eval_metric(self, stat: str) -> tuple[np.ndarray, np.ndarray]:
         return self.evals.step_array(), self.evals.array(stat)[:, 0]

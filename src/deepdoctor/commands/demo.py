@@ -25,12 +25,11 @@ from rich.table import Table
 from ..checkup import checkup_experiment
 from ..diagnose import diagnose_experiment
 from ..presets import get_preset
-from ..report.terminal import print_findings
-from ..trace import Trace
+from ..report.facts import speed_comparison
+from ..report.terminal import print_before_after, print_findings, print_trials
 from ..treat import DEFAULT_BUDGET, treat
-from ..wording import rounded
 from .diagnose import headline
-from .treat import before_after_table, save_outputs, trials_table
+from .treat import save_outputs
 
 DEMO_PRESET = "sigmoid-mlp50-digits"
 
@@ -67,45 +66,37 @@ def _speed_bar(value: float, lo: float, hi: float, width: int = 24) -> str:
     return "#" * max(1, round(frac * width))
 
 
-def learning_speed_table(trace: Trace, rows: int = 12) -> Table:
-    """Bias-gradient norm per layer at the start and end of the run, input at the top.
+def learning_speed_table(speed: dict[str, Any], rows: int = 12) -> Table:
+    """Learning speed per layer at the start and the end of the run, input at the top: the
+    figures the Diagnosis stores (``Trace.learning_speed_at_ends``), which the page draws.
 
     A deep net has too many layers for a screen, so at most ``rows`` evenly spaced layers
     are shown (always the first and the last).
     """
-    speed = trace.learning_speed()
-    start, end = speed[0], speed[-1]
+    layers = speed["layers"]
+    start = np.array(speed["start"], dtype=float)
+    end = np.array(speed["end"], dtype=float)
     both = np.concatenate([start, end])
     both = both[np.isfinite(both) & (both > 0)]
     lo, hi = (math.log10(both.min()), math.log10(both.max())) if both.size else (0.0, 1.0)
-    n = len(trace.layers)
+    n = len(layers)
     shown = sorted(set(np.linspace(0, n - 1, min(rows, n)).round().astype(int).tolist()))
+    (a, b), (c, d) = speed["start_steps"], speed["end_steps"]
     table = Table(
         title="learning speed per layer (bias-gradient norm)",
-        caption=f"{len(shown)} of {n} layers shown, input at the top",
+        caption=f"{len(shown)} of {n} layers shown, input at the top; "
+        f"means over steps {a}-{b} and {c}-{d}",
     )
     for col, justify in (("layer", "left"), ("at start", "right"), ("at end", "right")):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     table.add_column("log scale (end)")
     for i in shown:
-        table.add_row(
-            trace.layers[i], f"{start[i]:.2e}", f"{end[i]:.2e}", _speed_bar(end[i], lo, hi)
-        )
+        table.add_row(layers[i], _sci(start[i]), _sci(end[i]), _speed_bar(end[i], lo, hi))
     return table
 
 
-def speed_comparison(first: float, last: float) -> str:
-    """How the first layer's learning speed compares with the last's, in words."""
-    if not (math.isfinite(first) and math.isfinite(last)) or last <= 0:
-        return "the learning speeds are not finite, so they cannot be compared."
-    if first == 0:
-        return (
-            "the first layer's gradient underflowed to exactly 0: it does not learn at "
-            f"all, while the last layer's is {rounded(last)}."
-        )
-    if first < last:
-        return f"the first layer learns {rounded(last / first)} times slower than the last."
-    return f"the first layer learns {rounded(first / last)} times as fast as the last."
+def _sci(value: float) -> str:
+    return f"{value:.2e}" if math.isfinite(value) else "not finite"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -123,10 +114,10 @@ def run(args: argparse.Namespace) -> int:
 
     console.rule(f"2. diagnose ({exp.steps} steps under the Probe)")
     diag = diagnose_experiment(exp, progress="diagnosing")
-    console.print(learning_speed_table(diag.trace))
-    end = diag.trace.learning_speed()[-1]
+    speed = diag.trace.learning_speed_at_ends()  # what diagnosis.json stores and the page draws
+    console.print(learning_speed_table(speed))
     console.print(
-        f"{headline(diag)} (chance is 10%); {speed_comparison(end[0], end[-1])}",
+        f"{headline(diag)} (chance is 10%); {speed_comparison(speed['end'][0], speed['end'][-1])}.",
         highlight=False,
     )
     print_findings([f.to_dict() for f in diag.findings], console, title="found in training")
@@ -136,8 +127,9 @@ def run(args: argparse.Namespace) -> int:
         console.rule(f"3. treat (budget {args.budget:g} runs of the untreated experiment)")
         tr = treat(exp, budget=args.budget, progress=True)
         console.print(f"{tr.message}", highlight=False)
-        console.print(trials_table(tr))
-        console.print(before_after_table(tr))
+        data = tr.to_dict()
+        print_trials(data["trials"], console)
+        print_before_after(data, console)
         console.print(f"compute: {tr.compute:.2f} x one untreated run", highlight=False)
         written += save_outputs(tr, out / "treatment")
 

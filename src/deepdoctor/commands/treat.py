@@ -9,10 +9,8 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from rich.table import Table
 
-from ..report.facts import trial_stage
-from ..report.terminal import print_findings
+from ..report.terminal import print_before_after, print_findings, print_trials
 from ..targets import load_target
 from ..treat import DEFAULT_BUDGET, Treatment, treat
 
@@ -39,47 +37,6 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-def trials_table(tr: Treatment) -> Table:
-    table = Table(title="trials (same seed and data order as the untreated run)")
-    for col in ("remedies", "stage", "steps", "score", "baseline", "result"):
-        table.add_column(col, justify="right" if col in ("steps", "score", "baseline") else "left")
-    for t in tr.trials:
-        details = {"not_tried": t.reason, "error": t.error, "prescription": t.prescription}
-        outcome = t.status.replace("_", " ")
-        if details.get(t.status):
-            outcome += f": {details[t.status]}"
-        if t.note:
-            outcome += f"; {t.note}"
-        table.add_row(
-            "+".join(t.remedies),
-            trial_stage(t.to_dict()),
-            str(t.steps or ""),
-            f"{t.score:.3f}" if t.steps else "",
-            f"{t.baseline_score:.3f}" if t.steps else "",
-            outcome,
-        )
-    return table
-
-
-def before_after_table(tr: Treatment) -> Table:
-    """The untreated and treated run's final metrics side by side."""
-    rows = [
-        ("train_loss", "train loss"),
-        ("val_loss", "validation loss"),
-        ("val_accuracy", "validation accuracy"),
-    ]
-    summary = Table(title="before / after (same seed, data order and steps)")
-    summary.add_column("metric")
-    summary.add_column("untreated", justify="right")
-    summary.add_column("treated", justify="right")
-    for key, label in rows:
-        if key in tr.before:
-            summary.add_row(
-                label, f"{tr.before[key]:.4f}", f"{tr.after.get(key, float('nan')):.4f}"
-            )
-    return summary
-
-
 def save_outputs(tr: Treatment, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -103,8 +60,9 @@ def run(args: argparse.Namespace) -> int:
         exp = exp.replace(steps=args.steps)
     tr = treat(exp, budget=args.budget, seed=args.seed, progress=True)
     console.print(f"[bold]treat[/] {exp.name}: {tr.message}", highlight=False)
-    console.print(trials_table(tr))
-    console.print(before_after_table(tr))
+    data = tr.to_dict()
+    print_trials(data["trials"], console)
+    print_before_after(data, console)
     console.print(f"compute: {tr.compute:.2f} x one untreated run")
     print_findings([f.to_dict() for f in tr.findings], console, title="findings after treatment")
     for path in save_outputs(tr, args.out):

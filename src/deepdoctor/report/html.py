@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from ..wording import readable
 from . import compression, facts, plots
 
 MAX_LAYERS_LISTED = 12  # a finding naming more layers lists these and counts the rest
@@ -44,6 +45,8 @@ nav{margin:10px 0;font-size:.92em}nav a{margin-right:14px;color:#0b5cad}
   margin-right:8px}
 .kind{font-family:ui-monospace,Menlo,Consolas,monospace;font-weight:600}
 .finding p{margin:6px 0}.muted{color:#666;font-size:.9em}
+.note{background:#f2f2ef;padding:4px 8px;border-radius:3px}
+.consequences{margin:8px 0 2px 12px}
 table{border-collapse:collapse;margin:8px 0;font-size:.9em}
 th,td{border-bottom:1px solid #e4e4e0;padding:3px 10px;text-align:left;vertical-align:top}
 th{background:#f2f2ef}td.num{text-align:right;font-variant-numeric:tabular-nums}
@@ -129,29 +132,38 @@ def _layers(layers: list[str]) -> str:
 OUTCOME_CLASSES = {"kept": "verified", "error": "failed"}
 
 
-def remedy_outcomes(trials: list[dict[str, Any]]) -> dict[str, tuple[str, str]]:
-    """For each remedy a treatment tried: (css class, what happened to it, with numbers).
-
-    A remedy kept in any trial shows as verified; otherwise its last trial speaks for it.
-    """
+def remedy_outcomes(
+    remedies: list[str], trials: list[dict[str, Any]]
+) -> dict[str, tuple[str, str]]:
+    """For each remedy of a finding that treat tried: (css class, what its own trial found,
+    with that trial's numbers and stage), from ``facts.remedy_note``."""
     out: dict[str, tuple[str, str]] = {}
-    for trial in trials:
-        status, words = facts.trial_outcome(trial)
-        for name in trial.get("remedies", []):
-            if out.get(name, ("", ""))[0] != "verified":
-                out[name] = (OUTCOME_CLASSES.get(status, ""), words)
+    for name in remedies:
+        note = facts.remedy_note(name, trials)
+        if note is not None:
+            out[name] = (OUTCOME_CLASSES.get(note[0], ""), note[1])
     return out
 
 
-def finding_card(f: dict[str, Any], outcomes: dict[str, tuple[str, str]] | None = None) -> str:
+def finding_card(
+    f: dict[str, Any],
+    trials: list[dict[str, Any]] | None = None,
+    note: str | None = None,
+    consequences: list[dict[str, Any]] | None = None,
+) -> str:
+    """One finding: severity, kind, summary, layers, evidence, remedies (with what treat
+    found for each, when ``trials`` are given), a reconciling ``note``, and the findings it
+    explains (``caused_by``) nested under it."""
     severity = str(f.get("severity", "info"))
     colour = SEVERITY_COLOURS.get(severity, "#555")
     parts = [
         f'<article class="finding" style="--sev:{colour}">',
         f'<p><span class="badge">{esc(severity)}</span><span class="kind">'
         f"{esc(f.get('kind', ''))}</span></p>",
-        f"<p>{esc(f.get('summary', ''))}</p>",
+        f"<p>{esc(readable(str(f.get('summary', ''))))}</p>",
     ]
+    if note:
+        parts.append(f'<p class="note">{esc(note)}</p>')
     if f.get("layers"):
         parts.append(f'<p class="muted">layers: {_layers(list(f["layers"]))}</p>')
     evidence = f.get("evidence") or {}
@@ -161,34 +173,58 @@ def finding_card(f: dict[str, Any], outcomes: dict[str, tuple[str, str]] | None 
         )
     remedies = f.get("remedies") or []
     if remedies:
+        outcomes = remedy_outcomes(list(remedies), trials or [])
         items = []
         for name in remedies:
-            cls, note = (outcomes or {}).get(name, ("", ""))
-            note_html = f' <span class="{esc(cls)}">({esc(note)})</span>' if note else ""
-            items.append(f"<li><code>{esc(name)}</code>{note_html}</li>")
+            cls, words = outcomes.get(name, ("", ""))
+            note_html = f' <span class="{esc(cls)}">({esc(words)})</span>' if words else ""
+            items.append(f'<li data-remedy="{esc(name)}"><code>{esc(name)}</code>{note_html}</li>')
         parts.append(
             f'<p class="muted">remedies, best first:</p><ul class="remedies">{"".join(items)}</ul>'
+        )
+    if consequences:
+        parts.append(
+            f'<div class="consequences"><p class="muted">explained by this {esc(f.get("kind"))}'
+            " (a consequence, not a second problem):</p>"
+            + "".join(finding_card(c, trials) for c in consequences)
+            + "</div>"
         )
     parts.append("</article>")
     return "".join(parts)
 
 
+def finding_cards(
+    findings: list[dict[str, Any]], trials: list[dict[str, Any]] | None = None
+) -> list[str]:
+    """The cards of a finding list: consequences under their root cause, contradictions
+    reconciled in words (``facts.grouped_findings``, ``facts.finding_notes``)."""
+    notes = facts.finding_notes(findings)
+    return [
+        finding_card(root, trials, notes.get(str(root.get("kind"))), consequences)
+        for root, consequences in facts.grouped_findings(findings)
+    ]
+
+
 def findings_section(data: dict[str, Any]) -> str:
     if "findings" not in data:
         return ""
-    outcomes = remedy_outcomes(data.get("trials") or [])
+    trials = data.get("trials") or []
     out = ['<section id="findings"><h2>Findings</h2>']
     if "findings_before" in data:
         before = data.get("findings_before") or []
         out.append("<h3>Before treatment</h3>")
-        out += [finding_card(f, outcomes) for f in before] or ["<p>No findings.</p>"]
+        out += finding_cards(before, trials) or ["<p>No findings.</p>"]
         out.append("<h3>After treatment</h3>")
         after = data.get("findings") or []
         # The cards above carry the evidence; after treatment, what remains is a short list.
         out.append(
             table(
                 ["severity", "kind", "summary"],
-                [[f.get("severity"), f.get("kind"), f.get("summary")] for f in after],
+                [
+                    [f.get("severity"), f.get("kind"), readable(str(f.get("summary", "")))]
+                    for root, consequences in facts.grouped_findings(after)
+                    for f in (root, *consequences)
+                ],
             )
             if after
             else "<p>No findings: nothing deepdoctor measures looks wrong.</p>"
@@ -196,7 +232,7 @@ def findings_section(data: dict[str, Any]) -> str:
         out.append("</section>")
         return "".join(out)
     findings = data.get("findings") or []
-    out += [finding_card(f) for f in findings] or [
+    out += finding_cards(findings) or [
         "<p>No findings: nothing deepdoctor measures looks wrong.</p>"
     ]
     out.append("</section>")
@@ -224,16 +260,12 @@ def treatment_section(data: dict[str, Any]) -> str:
             b, a = before.get(k), after.get(k)
             change = a - b if isinstance(a, int | float) and isinstance(b, int | float) else None
             if k.endswith("accuracy"):  # accuracies read best as percent and points
-                rows.append(
-                    [
-                        k,
-                        facts.percent(b),
-                        facts.percent(a),
-                        "n/a" if change is None else f"{100 * change:+.1f} points",
-                    ]
-                )
+                shown = [facts.metric_value(v, facts.percent) for v in (b, a)]
+                change_text = "n/a" if change is None else f"{100 * change:+.1f} points"
             else:
-                rows.append([k, b, a, "n/a" if change is None else f"{change:+.4g}"])
+                shown = [facts.metric_value(v) for v in (b, a)]
+                change_text = "n/a" if change is None else f"{change:+.4g}"
+            rows.append([k, *shown, change_text])
         out.append("<h3>Before and after (same seed, same budget)</h3>")
         out.append(table(["metric", "untreated", "treated", "change"], rows))
     trials = data.get("trials") or []
@@ -245,7 +277,7 @@ def treatment_section(data: dict[str, Any]) -> str:
                     "+".join(t.get("remedies", [])),
                     facts.trial_stage(t),
                     t.get("steps") or None,
-                    facts.trial_outcome(t)[1],
+                    facts.trial_outcome(t, trials)[1],
                 ]
             )
         out.append("<h3>Every remedy tried</h3>")
@@ -273,7 +305,13 @@ def gradient_section(data: dict[str, Any]) -> str:
     trace = data.get("trace")
     if not trace:
         return ""
-    figs = figure(plots.gradient_heatmap(trace)) + figure(plots.learning_speed(trace))
+    speed = plots.learning_speed(data.get("learning_speed"))
+    figs = figure(plots.gradient_heatmap(trace)) + (
+        figure(speed)
+        if speed
+        else '<p class="muted">The learning speed per layer is not in this file (it was '
+        "written before deepdoctor stored it); diagnose the run again to draw it.</p>"
+    )
     if not figs:
         return ""
     return f'<section id="gradient-flow"><h2>Gradient flow</h2>{figs}</section>'

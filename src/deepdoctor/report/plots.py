@@ -28,9 +28,12 @@ matplotlib.use("Agg")  # no display: figures only ever go to PNG bytes
 import numpy as np  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch, Rectangle  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from matplotlib.transforms import blended_transform_factory  # noqa: E402
+
+from ..wording import rounded  # noqa: E402
 
 MAX_DRAW_STEPS = 600  # heatmap columns: about one per screen pixel at the page's width
 MAX_DRAW_LAYERS = 200  # heatmap rows: more are not distinguishable at a readable height
@@ -39,7 +42,6 @@ MAX_BAR_LAYERS = 60  # beyond this many layers, per-layer bars become lines
 MAX_NAMED_TICKS = 25  # up to this many layers, axes show layer names rather than indices
 DPI = 100  # 1,000-pixel-wide figures: sharp on screen, about 50-150 kB each as PNG
 LOG_RANGE = 100.0  # a loss curve spanning more than this factor is drawn on a log axis
-SPEED_WINDOW = 5  # learning speed "at start/end" averages this many recorded steps
 
 # Okabe & Ito (2008): distinguishable under every common colour-vision deficiency.
 BLUE, ORANGE, GREEN, VERMILLION, PURPLE, SKY, YELLOW = (
@@ -381,20 +383,17 @@ def gradient_heatmap(trace: dict[str, Any]) -> Plot | None:
     return Plot(
         "gradient_heatmap",
         "Gradient flow: gradient norm per layer over steps",
-        "Healthy: every row stays within about two colour units (100x) of the others all run "
-        "long; a top fading to dark purple means vanishing gradients, a bright band or sudden "
-        "yellow means exploding ones.",
+        "Each row is one layer's weight-gradient norm over the run. Rows that darken towards "
+        "the top (the input) are what vanishing_gradients finds, judged relative to the "
+        "weights: the last quarter of weight layers' median over the first quarter's above "
+        "1000x at initialisation or 100x over the run. exploding_gradients: the first "
+        "quarter over 10x the last, a median gradient over 100x the weights' own size, or a "
+        "step whose total gradient norm jumps to 100x its median over the 20 steps before "
+        "(a bright column).",
         _png(fig),
         "heatmap of log10 gradient norm, layers by optimizer steps",
         ([note] if note else []) + gap_notes,
     )
-
-
-def _speed_at(rows_bias: Any, rows_weight: Any, n: int, idx: slice) -> np.ndarray:
-    bias = as_float_array(rows_bias[idx]).reshape(-1, n)
-    weight = as_float_array(rows_weight[idx]).reshape(-1, n)
-    speed = np.where(np.isnan(bias), weight, bias)  # Trace.learning_speed: bias, else weight
-    return _nanmean(np.where(np.isfinite(speed), speed, np.nan), axis=0)
 
 
 def bar_heights(values: np.ndarray, floor: float) -> np.ndarray:
@@ -406,23 +405,22 @@ def bar_heights(values: np.ndarray, floor: float) -> np.ndarray:
     return np.where(np.isfinite(values) & (values <= 0), floor, values)
 
 
-def learning_speed(trace: dict[str, Any]) -> Plot | None:
-    """Nielsen's figure: per-layer learning speed (bias-gradient norm) at start and end."""
-    table = _table(trace, "layers")
-    names = list(trace.get("layers", []))
-    if table is None or not names or "grad_norm_weight" not in table:
+def learning_speed(speed: dict[str, Any] | None) -> Plot | None:
+    """Nielsen's figure: per-layer learning speed (bias-gradient norm) at start and end, as
+    the Diagnosis stored it (its ``learning_speed``: the page and the terminal read the same
+    numbers, never recomputing them from the trace)."""
+    if not speed or not speed.get("start"):
         return None
-    n_steps = len(table["steps"])
-    window = min(SPEED_WINDOW, n_steps)
-    bias = table.get("grad_norm_bias") or [[None] * len(names)] * n_steps
-    start = _speed_at(bias, table["grad_norm_weight"], len(names), slice(0, window))
-    end = _speed_at(bias, table["grad_norm_weight"], len(names), slice(n_steps - window, None))
-    steps = table["steps"]
+    names = list(speed.get("layers") or [])
+    start, end = as_float_array(speed["start"]), as_float_array(speed["end"])
+    if len(names) != len(start):
+        return None
+    (a, b), (c, d), window = speed["start_steps"], speed["end_steps"], speed["window"]
     x = np.arange(len(names))
     fig = _new_figure(10, 3.8)
     ax = fig.add_subplot()
-    start_label = f"start (steps {steps[0]}-{steps[window - 1]})"
-    end_label = f"end (steps {steps[n_steps - window]}-{steps[-1]})"
+    start_label = f"start (steps {a}-{b})"
+    end_label = f"end (steps {c}-{d})"
     positive = np.concatenate([start, end])
     positive = positive[np.isfinite(positive) & (positive > 0)]
     floor = float(positive.min()) / 2 if positive.size else 1e-12
@@ -447,8 +445,11 @@ def learning_speed(trace: dict[str, Any]) -> Plot | None:
     return Plot(
         "learning_speed",
         "Gradient flow: learning speed per layer",
-        "Healthy: similar speeds across layers (within about 10x); speeds that fall by "
-        "orders of magnitude towards the input mean the early layers barely learn.",
+        "How fast each layer's parameters can move (Nielsen's speed of learning). Healthy: "
+        "no steady fall towards the input. The vanishing_gradients finding judges the same "
+        "profile taken relative to the weights: the median of the last quarter of weight "
+        "layers over the first quarter's, above 1000x at initialisation or 100x over the "
+        "run.",
         _png(fig),
         "bar chart of per-layer bias-gradient norm at start and end of training",
         [LINE_GAP_NOTE] if gaps else [],
@@ -502,8 +503,11 @@ def activation_health(trace: dict[str, Any]) -> Plot | None:
     return Plot(
         "activation_health",
         "Activation health: dead and saturated units over steps",
-        "Healthy: dark everywhere (few dead or saturated units, well under 10%) and staying "
-        "dark; bright rows mean units stuck at zero (dead) or in their flat tails (saturated).",
+        "Bright rows are units stuck at zero (dead: silent for a whole batch) or in their "
+        "flat tails (saturated: within 1% of the bounds). saturated_units warns when over "
+        "half a layer's outputs are saturated in the first 3 samples, or at the end of a "
+        "run whose loss fell by less than 20%; dead_units warns when over half a layer's "
+        "units are dead over the run's second half (a note from a quarter).",
         _png(fig),
         "heatmaps of percent dead and saturated units per activation module by step",
         notes,
@@ -562,13 +566,44 @@ def _eval_lines(
     return drawn, marked
 
 
+def _run_legend(ax: Axes) -> None:
+    """A legend in two parts for an untreated / treated overlay: colour names the metric,
+    the line style names the run (dashed untreated, solid treated), each drawn once."""
+    metrics: dict[str, Any] = {}
+    for line in ax.get_lines():
+        label = str(line.get_label())
+        if label.startswith("_"):
+            continue
+        metric = label.split(": ", 1)[-1]
+        # The treated run's line, drawn last, gives the metric its colour (the untreated
+        # per-batch loss is grey); the key shows it solid, the run keys say the dashes.
+        markers_only = line.get_linestyle() in ("None", "none", "")
+        metrics[metric] = Line2D(
+            [],
+            [],
+            color=line.get_color(),
+            marker=line.get_marker(),
+            markersize=6 if markers_only else 3,
+            linestyle="none" if markers_only else "-",
+        )
+    runs = [
+        Line2D([], [], color="0.2", linestyle="--", label="untreated run (dashed)"),
+        Line2D([], [], color="0.2", linestyle="-", label="treated run (solid)"),
+    ]
+    for name, handle in metrics.items():
+        handle.set_label(name)
+    ax.legend(handles=[*runs, *metrics.values()], fontsize=7, loc="best", handlelength=3.0)
+
+
 def training_curves(
     history: dict[str, Any] | None,
     before: dict[str, Any] | None = None,
     stopped: dict[str, Any] | None = None,
 ) -> Plot | None:
     """Loss and accuracy, train and validation; ``before`` overlays an untreated run."""
-    runs = [(h, tag) for h, tag in ((before, "before"), (history, "after" if before else "")) if h]
+    runs = [
+        (h, tag) for h, tag in ((before, "untreated"), (history, "treated" if before else "")) if h
+    ]
     if not runs or not any(h.get("loss") or h.get("evals") for h, _ in runs):
         return None
     task = next((h.get("task") for h, _ in runs if h.get("task")), "classification")
@@ -582,7 +617,7 @@ def training_curves(
     marked = [False] * len(axes)  # per panel: were any gaps crossed?
     all_loss: list[np.ndarray] = []
     for h, tag in runs:
-        style = "--" if tag == "before" else "-"
+        style = "--" if tag == "untreated" else "-"
         prefix = f"{tag}: " if tag else ""
         loss = as_float_array(h.get("loss"))
         if loss.size:
@@ -594,7 +629,7 @@ def training_curves(
             loss_ax.plot(
                 xs,
                 ys,
-                color=SKY if tag != "before" else "0.6",
+                color=SKY if tag != "untreated" else "0.6",
                 linewidth=0.8,
                 linestyle=style,
                 alpha=0.8,
@@ -629,7 +664,10 @@ def training_curves(
         if crossed:  # one legend entry explains the crosses
             ax.plot([], [], linestyle="none", marker="x", color=VERMILLION, label=GAP_LABEL)
         ax.set_xlabel("optimizer step")
-        ax.legend(fontsize=7, loc="best")
+        if before:
+            _run_legend(ax)
+        else:
+            ax.legend(fontsize=7, loc="best")
     caption = (
         "Healthy: the loss falls steadily and flattens, validation close to training; "
         "a rising validation loss while training loss falls means overfitting, a flat "
@@ -650,6 +688,20 @@ def training_curves(
 
 
 # -- checkup ------------------------------------------------------------------------------------
+
+
+def trainable_edge(layers: list[dict[str, Any]], trainable: Any) -> float | None:
+    """Where the region beyond the trainable depth ends, in row positions: the trainable
+    depth counts weight layers from the output (norm and activation rows are not counted;
+    a file without ``weight_layer`` counts every row). None when the net is within it."""
+    if not isinstance(trainable, int | float) or not math.isfinite(trainable):
+        return None
+    weight_rows = [i for i, layer in enumerate(layers) if layer.get("weight_layer", True)]
+    beyond = len(weight_rows) - math.floor(trainable)
+    if beyond <= 0:
+        return None
+    # Up to the first weight layer within the trainable depth (the rows between go with it).
+    return weight_rows[beyond] - 0.5 if beyond < len(weight_rows) else len(layers) - 0.5
 
 
 def depth_profile(layers: list[dict[str, Any]], depth: dict[str, Any] | None) -> Plot | None:
@@ -679,23 +731,22 @@ def depth_profile(layers: list[dict[str, Any]], depth: dict[str, Any] | None) ->
         ),
     )
     trainable = (depth or {}).get("trainable_depth")
+    edge = trainable_edge(layers, trainable)
+    edge_depth = float(trainable) if edge is not None and trainable is not None else 0.0
     gaps = False
     for ax, y, colour, ylabel, title in panels:
         ax.plot(x, y, color=colour, marker="o", markersize=3, label=ylabel.split("(")[0].strip())
         if np.any(np.isfinite(y) & (y > 0)):
             ax.set_yscale("log")
         gaps |= mark_gaps(ax, x, y, VERMILLION, GAP_LABEL)
-        if isinstance(trainable, int | float) and math.isfinite(trainable):
-            # Layers within `trainable` of the output get usable gradient; mark that edge.
-            edge = len(layers) - float(trainable) - 0.5
-            if edge > -0.5:
-                ax.axvline(
-                    edge,
-                    color=GREEN,
-                    linestyle="--",
-                    label=f"estimated trainable depth: {trainable:g} layers",
-                )
-                ax.axvspan(-0.5, edge, color="0.85", zorder=0, label="beyond trainable depth")
+        if edge is not None:
+            ax.axvline(
+                edge,
+                color=GREEN,
+                linestyle="--",
+                label=f"trainable depth: about {rounded(edge_depth)} weight layers",
+            )
+            ax.axvspan(-0.5, edge, color="0.85", zorder=0, label="weight layers beyond it")
         ax.set_xlabel("layer (input on the left, output on the right)")
         ax.set_ylabel(ylabel)
         _layer_axis(ax, names, "x")
@@ -704,8 +755,11 @@ def depth_profile(layers: list[dict[str, Any]], depth: dict[str, Any] | None) ->
     return Plot(
         "depth_profile",
         "Checkup: activation and gradient scale through depth",
-        "Healthy: both curves roughly flat (within about 10x from first to last layer) and "
-        "the trainable depth beyond the network's depth (no shaded region).",
+        "Per parameter layer at initialisation. The trainable depth is fit to the weight "
+        "layers' gradient norms (right): the number of weight layers over which the fitted "
+        "rate per layer changes the norm a million-fold. Shaded: the weight layers beyond "
+        "it, counted from the output, which will barely learn; no shading when the network "
+        "is within it.",
         _png(fig),
         "line plots of activation std and gradient norm by layer at initialisation",
         [LINE_GAP_NOTE] if gaps else [],

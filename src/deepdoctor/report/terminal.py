@@ -108,17 +108,21 @@ def wrap_words(text: str, width: int) -> list[str]:
     return textwrap.wrap(text, max(width, 1), break_long_words=False, break_on_hyphens=False)
 
 
-def finding_block(f: dict[str, Any], width: int) -> str:
-    """One finding for a narrow screen, as markup: the kind, then severity, layers, evidence
-    and remedies on labelled lines, then the summary wrapped at word boundaries."""
-    indent, label_width = "  ", len("evidence")
+def finding_block(
+    f: dict[str, Any], width: int, note: str | None = None, indent: str = "  "
+) -> str:
+    """One finding for a narrow screen, as markup: the kind, then severity, cause, layers,
+    evidence and remedies on labelled lines, then the summary (and a reconciling ``note``)
+    wrapped at word boundaries. A consequence is printed with a deeper ``indent``."""
+    label_width = len("evidence")
     hang = indent + " " * (label_width + 2)
-    lines = [f"[bold]{escape(f['kind'])}[/]"]
+    lines = [f"{indent[:-2]}[bold]{escape(f['kind'])}[/]"]
     lines.append(f"{indent}[dim]{'severity':<{label_width}}[/]  {_severity(f['severity'])}")
     for label, values in (
-        ("layers", [_layers(list(f.get("layers", [])))]),
+        ("cause", [f"a consequence of {f['caused_by']}"] if f.get("caused_by") else []),
+        ("layers", [_layers(list(f.get("layers", [])))] if f.get("layers") else []),
         ("evidence", _evidence_shown(f.get("evidence", {}))),
-        ("remedies", [", ".join(f.get("remedies", [])[:3])]),
+        ("remedies", [", ".join(f.get("remedies", [])[:3])] if f.get("remedies") else []),
     ):
         wrapped = [line for value in values for line in wrap_words(value, width - len(hang))]
         for i, line in enumerate(wrapped):
@@ -126,6 +130,8 @@ def finding_block(f: dict[str, Any], width: int) -> str:
             lines.append(head + escape(line))
     summary = readable(str(f.get("summary", "")))
     lines += [indent + escape(line) for line in wrap_words(summary, width - len(indent))]
+    if note:
+        lines += [indent + escape(line) for line in wrap_words(note, width - len(indent))]
     return "\n".join(lines)
 
 
@@ -138,18 +144,27 @@ def print_findings(
     if not findings:
         console.print(f"{escape(title)}: [green]none[/]", highlight=False)
         return
-    table = findings_table(findings, title)
-    if console.width < NARROW_WIDTH or not _keeps_names_whole(table, findings, console.width):
+    groups = facts.grouped_findings(findings)
+    notes = facts.finding_notes(findings)
+    ordered = [f for root, consequences in groups for f in (root, *consequences)]
+    table = findings_table(ordered, title)
+    if console.width < NARROW_WIDTH or not _keeps_names_whole(table, ordered, console.width):
         console.print(f"[bold]{escape(title)}[/]", highlight=False)
-        for f in findings:
-            console.print(finding_block(f, console.width), highlight=False, soft_wrap=True)
+        for root, consequences in groups:
+            block = finding_block(root, console.width, notes.get(root["kind"]))
+            console.print(block, highlight=False, soft_wrap=True)
+            for c in consequences:  # under its root, indented
+                block = finding_block(c, console.width, indent="    ")
+                console.print(block, highlight=False, soft_wrap=True)
             console.print()
         return
     console.print(table)
-    for f in findings:
+    for f in ordered:
         summary = escape(readable(f["summary"]))
+        cause = f", a consequence of {escape(f['caused_by'])}" if f.get("caused_by") else ""
+        note = f" {escape(notes[f['kind']])}" if f["kind"] in notes else ""
         console.print(
-            f"- [bold]{escape(f['kind'])}[/] ({_severity(f['severity'])}): {summary}",
+            f"- [bold]{escape(f['kind'])}[/] ({_severity(f['severity'])}{cause}): {summary}{note}",
             highlight=False,
         )
 
@@ -205,3 +220,83 @@ def print_summary(data: dict[str, Any], console: Console | None = None) -> None:
         console.print(f"[dim]{escape(label.ljust(width))}[/]  {escape(value)}", highlight=False)
     if coverage:
         console.print(f"[dim]{escape(coverage_line(coverage))}[/]", highlight=False)
+
+
+# -- treat's trials and its before / after --------------------------------------------------
+
+
+def trial_lines(trials: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """(remedies, stage and steps, what happened with its own numbers) for each trial dict,
+    in the words the page uses (``facts.trial_outcome``)."""
+    rows = []
+    for t in trials:
+        steps = f", {t['steps']:,} steps" if t.get("steps") else ""
+        rows.append(
+            (
+                "+".join(t.get("remedies", [])),
+                facts.trial_stage(t) + steps,
+                facts.trial_outcome(t, trials)[1],
+            )
+        )
+    return rows
+
+
+def print_trials(
+    trials: list[dict[str, Any]],
+    console: Console | None = None,
+    title: str = "trials (same seed and data order as the untreated run)",
+) -> None:
+    """Every trial of a treatment: a table on a wide screen; below ``NARROW_WIDTH`` one block
+    a trial, so remedy names are never cut."""
+    console = console or Console()
+    rows = trial_lines(trials)
+    if not rows:
+        return
+    if console.width >= NARROW_WIDTH:
+        table = Table(title=title)
+        table.add_column("remedies", no_wrap=True)
+        table.add_column("stage", no_wrap=True)
+        table.add_column("result")
+        for remedies, stage, result in rows:
+            table.add_row(escape(remedies), escape(stage), escape(result))
+        console.print(table)
+        return
+    console.print(f"[bold]{escape(title)}[/]", highlight=False)
+    for remedies, stage, result in rows:
+        lines = [f"[bold]{escape(remedies)}[/]", f"  [dim]stage[/]   {escape(stage)}"]
+        wrapped = wrap_words(result, console.width - 10)
+        lines += [
+            ("  [dim]result[/]  " if i == 0 else " " * 10) + escape(line)
+            for i, line in enumerate(wrapped)
+        ]
+        console.print("\n".join(lines), highlight=False, soft_wrap=True)
+        console.print()
+
+
+def before_after_lines(data: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(metric, untreated, treated) of a treatment dict, formatted as on the page."""
+    before, after = data.get("before") or {}, data.get("after") or {}
+    rows = []
+    for key, label in (
+        ("train_loss", "training loss"),
+        ("val_loss", "validation loss"),
+        ("train_accuracy", "training accuracy"),
+        ("val_accuracy", "validation accuracy"),
+    ):
+        if key in before or key in after:
+            fmt = facts.percent if key.endswith("accuracy") else facts.number
+            b, a = before.get(key), after.get(key)
+            rows.append((label, facts.metric_value(b, fmt), facts.metric_value(a, fmt)))
+    return rows
+
+
+def print_before_after(data: dict[str, Any], console: Console | None = None) -> None:
+    """The untreated and treated run's final metrics side by side (as the page has them)."""
+    console = console or Console()
+    table = Table(title="before / after (same seed, data order and steps)")
+    table.add_column("metric", no_wrap=True)
+    table.add_column("untreated", justify="right")
+    table.add_column("treated", justify="right")
+    for label, b, a in before_after_lines(data):
+        table.add_row(label, b, a)
+    console.print(table)
