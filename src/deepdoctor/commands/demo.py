@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         tr = treat(exp, budget=args.budget, progress=True)
         console.print(f"{tr.message}", highlight=False)
         data = tr.to_dict()
-        print_trials(data["trials"], console)
+        print_trials(data["trials"], console, metric=(data.get("scoring") or {}).get("metric"))
         print_before_after(data, console)
         console.print(f"compute: {tr.compute:.2f} x one untreated run", highlight=False)
         written += save_outputs(tr, out / "treatment")

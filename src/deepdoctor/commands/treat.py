@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     tr = treat(exp, budget=args.budget, seed=args.seed, progress=True)
     console.print(f"[bold]treat[/] {exp.name}: {tr.message}", highlight=False)
     data = tr.to_dict()
-    print_trials(data["trials"], console)
+    print_trials(data["trials"], console, metric=(data.get("scoring") or {}).get("metric"))
     print_before_after(data, console)
     console.print(f"compute: {tr.compute:.2f} x one untreated run")
     print_findings([f.to_dict() for f in tr.findings], console, title="findings after treatment")

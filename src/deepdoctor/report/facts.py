@@ -184,9 +184,12 @@ def key_numbers(data: dict[str, Any]) -> list[tuple[str, str]]:
         return rows
     if kind == "treatment":
         applied = data.get("applied") or []
+        if data.get("verdict"):
+            rows.append(("verdict", str(data["verdict"])))
         rows.append(("remedies applied", ", ".join(applied) if applied else "none"))
         before, after = data.get("before") or {}, data.get("after") or {}
         for key, label, fmt in (
+            ("val_balanced_accuracy", "validation balanced accuracy", percent),
             ("val_accuracy", "validation accuracy", percent),
             ("val_loss", "validation loss", number),
             ("train_loss", "training loss", number),
@@ -216,10 +219,23 @@ def key_numbers(data: dict[str, Any]) -> list[tuple[str, str]]:
 
 # -- treat's trials ---------------------------------------------------------------------------
 
-SCORE_METRICS = (
-    ("val_accuracy", "validation accuracy"),
-    ("train_accuracy", "training accuracy"),
-)
+
+def score_label(metrics: dict[str, Any], metric: str | None = None) -> tuple[str, bool]:
+    """(what a trial's score is, in words; whether it is an accuracy). ``metric`` is what treat
+    scored by (the Treatment's ``scoring.metric``: balanced_accuracy, accuracy or loss); a
+    file without it gets validation accuracy where the trial has one, else training
+    accuracy, else the loss."""
+    split = "validation" if any(k.startswith("val_") for k in metrics) else "training"
+    if metric == "balanced_accuracy" and "val_balanced_accuracy" in metrics:
+        return "validation balanced accuracy", True
+    if metric in (None, "accuracy", "balanced_accuracy"):
+        for key, name in (
+            ("val_accuracy", "validation accuracy"),
+            ("train_accuracy", "training accuracy"),
+        ):
+            if key in metrics:
+                return name, True
+    return f"{split} loss", False
 
 
 def _no_score(metrics: dict[str, Any]) -> str:
@@ -229,31 +245,27 @@ def _no_score(metrics: dict[str, Any]) -> str:
     return "its loss was not finite (NaN or Inf)"
 
 
-def trial_gain(trial: dict[str, Any]) -> str:
+def trial_gain(trial: dict[str, Any], metric: str | None = None) -> str:
     """How a treat trial compared with the untreated run at the same steps, in words.
 
-    A trial's score is its validation accuracy where the task has one (else training
-    accuracy, else minus the loss), so the text names whichever it was; a score that was not
-    finite (null in the JSON) says why instead of printing a number.
+    A trial's score is what treat scored by (``metric``, see ``score_label``), so the text
+    names it; a score that was not finite (null in the JSON) says why instead of printing a
+    number.
     """
     if not trial.get("steps"):
         return ""
     score, base = trial.get("score"), trial.get("baseline_score")
     metrics = trial.get("metrics") or {}
-    label, fmt = "validation loss" if "val_loss" in metrics else "loss", None
-    for key, name in SCORE_METRICS:
-        if key in metrics:
-            label, fmt = name, percent
-            break
+    label, accuracy = score_label(metrics, metric)
     if not isinstance(score, int | float):
         return f"no score: {_no_score(metrics)}"
-    shown = percent(score) if fmt else number(-score)
+    shown = percent(score) if accuracy else number(-score)
     if not isinstance(base, int | float):
         return (
             f"{label} {shown}; the untreated run had no score at this step (its loss was "
             "not finite, or it had not been evaluated yet)"
         )
-    if fmt:
+    if accuracy:
         return f"{label} {shown} vs {percent(base)} untreated, {100 * (score - base):+.1f} points"
     return f"{label} {shown} vs {number(-base)} untreated, {base - score:+.3g}"
 
@@ -292,13 +304,13 @@ def verification_of(trial: dict[str, Any], trials: list[dict[str, Any]]) -> dict
 
 
 def trial_outcome(
-    trial: dict[str, Any], trials: list[dict[str, Any]] | None = None
+    trial: dict[str, Any], trials: list[dict[str, Any]] | None = None, metric: str | None = None
 ) -> tuple[str, str]:
     """(status, words) for a treat trial: its status and what happened, with its own numbers.
     ``trials`` (all of them) lets a screen that was kept point at its verification.
     A remedy the budget or the candidate limit left out is not_tried, with treat's reason."""
     status = trial_status(trial)
-    gain = trial_gain(trial)
+    gain = trial_gain(trial, metric)
     verify = trial.get("stage") == "verify"
     if status == "not_tried":
         return status, f"not tried: {trial.get('reason') or 'no reason was recorded'}"
@@ -340,7 +352,9 @@ def remedy_trial(name: str, trials: list[dict[str, Any]]) -> dict[str, Any] | No
     return (verified or own)[-1]
 
 
-def remedy_note(name: str, trials: list[dict[str, Any]]) -> tuple[str, str] | None:
+def remedy_note(
+    name: str, trials: list[dict[str, Any]], metric: str | None = None
+) -> tuple[str, str] | None:
     """(status, words) for a finding's remedy: what its own trial found, naming the stage
     (screened over so many steps, or verified over the full run)."""
     trial = remedy_trial(name, trials)
@@ -348,7 +362,7 @@ def remedy_note(name: str, trials: list[dict[str, Any]]) -> tuple[str, str] | No
         return None
     status = trial_status(trial)
     if status in ("not_tried", "error", "prescription"):
-        return status, trial_outcome(trial)[1]
+        return status, trial_outcome(trial, trials, metric)[1]
     others = [r for r in trial.get("remedies", []) if r != name]
     stage = STAGE_WORDS.get(str(trial.get("stage")), str(trial.get("stage")))
     if status == "kept" and trial.get("stage") != "verify":
@@ -356,7 +370,7 @@ def remedy_note(name: str, trials: list[dict[str, Any]]) -> tuple[str, str] | No
     with_ = f" with {'+'.join(others)}" if others else ""
     round_ = f" in round {trial['round']}" if (trial.get("round") or 1) > 1 else ""
     verdict = {"kept": "kept", "passed": "passed, not kept"}.get(status, "no gain")
-    gain = trial_gain(trial)
+    gain = trial_gain(trial, metric)
     steps = f" over {number(trial.get('steps'))} steps" if trial.get("steps") else ""
     words = f"{stage}{with_}{steps}{round_}: {verdict}" + (f", {gain}" if gain else "")
     if status != "kept":

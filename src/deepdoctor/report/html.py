@@ -133,13 +133,13 @@ OUTCOME_CLASSES = {"kept": "verified", "error": "failed"}
 
 
 def remedy_outcomes(
-    remedies: list[str], trials: list[dict[str, Any]]
+    remedies: list[str], trials: list[dict[str, Any]], metric: str | None = None
 ) -> dict[str, tuple[str, str]]:
     """For each remedy of a finding that treat tried: (css class, what its own trial found,
     with that trial's numbers and stage), from ``facts.remedy_note``."""
     out: dict[str, tuple[str, str]] = {}
     for name in remedies:
-        note = facts.remedy_note(name, trials)
+        note = facts.remedy_note(name, trials, metric)
         if note is not None:
             out[name] = (OUTCOME_CLASSES.get(note[0], ""), note[1])
     return out
@@ -150,6 +150,7 @@ def finding_card(
     trials: list[dict[str, Any]] | None = None,
     note: str | None = None,
     consequences: list[dict[str, Any]] | None = None,
+    metric: str | None = None,
 ) -> str:
     """One finding: severity, kind, summary, layers, evidence, remedies (with what treat
     found for each, when ``trials`` are given), a reconciling ``note``, and the findings it
@@ -173,7 +174,7 @@ def finding_card(
         )
     remedies = f.get("remedies") or []
     if remedies:
-        outcomes = remedy_outcomes(list(remedies), trials or [])
+        outcomes = remedy_outcomes(list(remedies), trials or [], metric)
         items = []
         for name in remedies:
             cls, words = outcomes.get(name, ("", ""))
@@ -186,7 +187,7 @@ def finding_card(
         parts.append(
             f'<div class="consequences"><p class="muted">explained by this {esc(f.get("kind"))}'
             " (a consequence, not a second problem):</p>"
-            + "".join(finding_card(c, trials) for c in consequences)
+            + "".join(finding_card(c, trials, metric=metric) for c in consequences)
             + "</div>"
         )
     parts.append("</article>")
@@ -194,13 +195,15 @@ def finding_card(
 
 
 def finding_cards(
-    findings: list[dict[str, Any]], trials: list[dict[str, Any]] | None = None
+    findings: list[dict[str, Any]],
+    trials: list[dict[str, Any]] | None = None,
+    metric: str | None = None,
 ) -> list[str]:
     """The cards of a finding list: consequences under their root cause, contradictions
     reconciled in words (``facts.grouped_findings``, ``facts.finding_notes``)."""
     notes = facts.finding_notes(findings)
     return [
-        finding_card(root, trials, notes.get(str(root.get("kind"))), consequences)
+        finding_card(root, trials, notes.get(str(root.get("kind"))), consequences, metric)
         for root, consequences in facts.grouped_findings(findings)
     ]
 
@@ -213,7 +216,8 @@ def findings_section(data: dict[str, Any]) -> str:
     if "findings_before" in data:
         before = data.get("findings_before") or []
         out.append("<h3>Before treatment</h3>")
-        out += finding_cards(before, trials) or ["<p>No findings.</p>"]
+        metric = (data.get("scoring") or {}).get("metric")
+        out += finding_cards(before, trials, metric) or ["<p>No findings.</p>"]
         out.append("<h3>After treatment</h3>")
         after = data.get("findings") or []
         # The cards above carry the evidence; after treatment, what remains is a short list.
@@ -251,7 +255,13 @@ def treatment_section(data: dict[str, Any]) -> str:
     before, after = data.get("before") or {}, data.get("after") or {}
     keys = [
         k
-        for k in ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
+        for k in (
+            "train_loss",
+            "train_accuracy",
+            "val_loss",
+            "val_accuracy",
+            "val_balanced_accuracy",
+        )
         if k in before or k in after
     ]
     if keys:
@@ -269,6 +279,12 @@ def treatment_section(data: dict[str, Any]) -> str:
         out.append("<h3>Before and after (same seed, same budget)</h3>")
         out.append(table(["metric", "untreated", "treated", "change"], rows))
     trials = data.get("trials") or []
+    scoring = data.get("scoring") or {}
+    metric = scoring.get("metric")
+    if scoring.get("why"):
+        out.append(
+            f"<p>Runs compared by {esc(str(metric).replace('_', ' '))}: {esc(scoring['why'])}.</p>"
+        )
     if trials:
         rows = []
         for t in trials:
@@ -277,7 +293,7 @@ def treatment_section(data: dict[str, Any]) -> str:
                     "+".join(t.get("remedies", [])),
                     facts.trial_stage(t),
                     t.get("steps") or None,
-                    facts.trial_outcome(t, trials)[1],
+                    facts.trial_outcome(t, trials, metric)[1],
                 ]
             )
         out.append("<h3>Every remedy tried</h3>")

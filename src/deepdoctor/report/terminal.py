@@ -225,7 +225,9 @@ def print_summary(data: dict[str, Any], console: Console | None = None) -> None:
 # -- treat's trials and its before / after --------------------------------------------------
 
 
-def trial_lines(trials: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+def trial_lines(
+    trials: list[dict[str, Any]], metric: str | None = None
+) -> list[tuple[str, str, str]]:
     """(remedies, stage and steps, what happened with its own numbers) for each trial dict,
     in the words the page uses (``facts.trial_outcome``)."""
     rows = []
@@ -235,7 +237,7 @@ def trial_lines(trials: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
             (
                 "+".join(t.get("remedies", [])),
                 facts.trial_stage(t) + steps,
-                facts.trial_outcome(t, trials)[1],
+                facts.trial_outcome(t, trials, metric)[1],
             )
         )
     return rows
@@ -245,11 +247,12 @@ def print_trials(
     trials: list[dict[str, Any]],
     console: Console | None = None,
     title: str = "trials (same seed and data order as the untreated run)",
+    metric: str | None = None,
 ) -> None:
     """Every trial of a treatment: a table on a wide screen; below ``NARROW_WIDTH`` one block
     a trial, so remedy names are never cut."""
     console = console or Console()
-    rows = trial_lines(trials)
+    rows = trial_lines(trials, metric)
     if not rows:
         return
     if console.width >= NARROW_WIDTH:
@@ -282,6 +285,7 @@ def before_after_lines(data: dict[str, Any]) -> list[tuple[str, str, str]]:
         ("val_loss", "validation loss"),
         ("train_accuracy", "training accuracy"),
         ("val_accuracy", "validation accuracy"),
+        ("val_balanced_accuracy", "validation balanced accuracy"),
     ):
         if key in before or key in after:
             fmt = facts.percent if key.endswith("accuracy") else facts.number
