@@ -128,7 +128,7 @@ def test_remedy_cards_show_their_own_trial_and_its_stage(treatment: dict[str, An
             assert f"not tried: {t['reason']}" in text
             continue
         stage = "verified" if t["stage"] == "verify" else "screened"
-        assert f"{stage}" in text and f"over {t['steps']} steps" in text, text
+        assert stage in text and f"over {t['steps']} step" in text, text
         assert f"{pct(t['score'])} vs {pct(t['baseline_score'])}" in text, (name, text)
         checked += 1
     assert checked >= 2

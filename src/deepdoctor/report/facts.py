@@ -188,12 +188,15 @@ def key_numbers(data: dict[str, Any]) -> list[tuple[str, str]]:
             rows.append(("verdict", str(data["verdict"])))
         rows.append(("remedies applied", ", ".join(applied) if applied else "none"))
         before, after = data.get("before") or {}, data.get("after") or {}
+        balanced = (data.get("scoring") or {}).get("metric") == "balanced_accuracy"
         for key, label, fmt in (
             ("val_balanced_accuracy", "validation balanced accuracy", percent),
             ("val_accuracy", "validation accuracy", percent),
             ("val_loss", "validation loss", number),
             ("train_loss", "training loss", number),
         ):
+            if key == "val_balanced_accuracy" and not balanced:
+                continue  # shown only when treat scored by it (imbalanced classes)
             if key in before or key in after:
                 b, a = metric_value(before.get(key), fmt), metric_value(after.get(key), fmt)
                 rows.append((label, f"{b} -> {a}"))
@@ -371,7 +374,8 @@ def remedy_note(
     round_ = f" in round {trial['round']}" if (trial.get("round") or 1) > 1 else ""
     verdict = {"kept": "kept", "passed": "passed, not kept"}.get(status, "no gain")
     gain = trial_gain(trial, metric)
-    steps = f" over {number(trial.get('steps'))} steps" if trial.get("steps") else ""
+    n = trial.get("steps")
+    steps = f" over {number(n)} step{'' if n == 1 else 's'}" if n else ""
     words = f"{stage}{with_}{steps}{round_}: {verdict}" + (f", {gain}" if gain else "")
     if status != "kept":
         # Not kept alone, but part of a set that was (he_init within leaky_relu+he_init).

@@ -232,7 +232,8 @@ def trial_lines(
     in the words the page uses (``facts.trial_outcome``)."""
     rows = []
     for t in trials:
-        steps = f", {t['steps']:,} steps" if t.get("steps") else ""
+        n = t.get("steps")
+        steps = f", {n:,} step{'' if n == 1 else 's'}" if n else ""
         rows.append(
             (
                 "+".join(t.get("remedies", [])),
