@@ -32,6 +32,8 @@ NAMES = [
     "capacity",
     "transformer-depth",
     "mnist1d-baselines",
+    "growth",
+    "compression",
 ]
 
 
@@ -52,7 +54,7 @@ def rows_by(run: LabRun, **match: object) -> list[dict]:
     return [r for r in run.rows if all(r[k] == v for k, v in match.items())]
 
 
-def test_registry_has_the_eleven_experiments_by_name():
+def test_registry_has_the_thirteen_experiments_by_name():
     assert list(LABS) == NAMES
 
 

@@ -35,6 +35,8 @@ MODULES = (
     "capacity",
     "transformer_depth",
     "mnist1d_baselines",
+    "growth",
+    "compression",
 )
 
 
