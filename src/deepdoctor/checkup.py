@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .batch import Inputs
 from .checks import check_int
 from .complexity import Complexity, located_errors, measure, untouched
 from .detectors import coverage, detect
@@ -52,13 +53,12 @@ from .training import (
     OptimizerSpec,
     as_tensors,
     batches,
-    compute_loss,
     data_facts,
     default_loss,
-    fit_output,
+    forward_loss,
     infer_task,
     is_loader,
-    logits_of,
+    locate_nonfinite,
     targets_for,
     unpack_batch,
 )
@@ -177,26 +177,30 @@ def depth_sentence(depth: dict[str, Any]) -> str:
 # -- the batch -------------------------------------------------------------------------------
 
 
-def _batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+def _batch(batch: Any) -> tuple[Any, torch.Tensor]:
     if is_loader(batch):
         try:
             first = next(iter(batch))
         except StopIteration:
             raise ValueError("the DataLoader yielded no batches; give it some data") from None
         batch = unpack_batch(first)
+    elif isinstance(batch, dict):
+        batch = unpack_batch(batch)
     if not isinstance(batch, tuple | list) or len(batch) != 2:
         raise TypeError(
-            f"batch must be a tuple (X, y) of tensors or a DataLoader, got {type(batch).__name__}"
+            "batch must be a tuple (X, y), ((inputs, ...), y), a dict with 'labels', or a "
+            f"DataLoader, got {type(batch).__name__}"
         )
     return as_tensors(batch, "batch")
 
 
-def _check_devices(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> None:
+def _check_devices(model: nn.Module, X: Any, y: torch.Tensor) -> None:
     devices = {p.device for p in model.parameters()}
     if len(devices) > 1:
         return  # a model split over devices moves its own activations
     (device,) = devices
-    for label, t in (("inputs", X), ("targets", y)):
+    xs = X.tensors() if isinstance(X, Inputs) else [X]
+    for label, t in [*(("inputs", x) for x in xs), ("targets", y)]:
         if t.device != device:
             raise ValueError(
                 f"the model's parameters are on {device} but the batch's {label} are on "
@@ -210,10 +214,11 @@ def _check_devices(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> None:
 
 def measure_step0(
     model: nn.Module,
-    X: torch.Tensor,
+    X: Any,
     y: torch.Tensor,
     loss_fn: Callable[..., torch.Tensor],
     task: str,
+    own_loss: bool = False,
 ) -> tuple[Trace, float]:
     """Step 0 of ``model`` on ``(X, y)`` measured into a Trace by the Probe (every statistic
     sampled), without writing ``.grad``; and the spread of the initial logits. The caller
@@ -221,10 +226,8 @@ def measure_step0(
     probe = Probe(model, every=1)
     probe.trace.facts.task = task
     with probe, located_errors(model):
-        prediction = logits_of(model(X))
         yt = targets_for(y, task)
-        out = fit_output(prediction, yt, task)
-        loss = compute_loss(loss_fn, out, yt)
+        out, loss, _ = forward_loss(model, X, yt, loss_fn, task, own_loss)
         if not loss.requires_grad:
             raise ValueError(
                 "the loss does not depend on any trainable parameter, so there is no gradient "
@@ -240,7 +243,7 @@ def measure_step0(
         probe.end_step(gradients_of=loss)
     trace = probe.trace
     if not math.isfinite(trace.loss()[0]):
-        trace.facts.nonfinite_at = {"step": 0, **probe.locate_nonfinite(X)}
+        trace.facts.nonfinite_at = {"step": 0, **locate_nonfinite(probe, X)}
     return trace, logit_std
 
 
@@ -381,7 +384,7 @@ def checkup(
 
 def _checkup(
     model: nn.Module,
-    X: torch.Tensor,
+    X: Any,
     y: torch.Tensor,
     loss_fn: Callable[..., torch.Tensor] | None,
     *,
@@ -395,11 +398,12 @@ def _checkup(
     the class counts are taken (as diagnose takes them) instead of from the batch."""
     _check_devices(model, X, y)
     task = infer_task(y, loss_fn)
+    own_loss = loss_fn is None
     loss_fn = loss_fn if loss_fn is not None else default_loss(y)
     with untouched(model):
         torch.manual_seed(seed)
         model.train()
-        trace, logit_std = measure_step0(model, X, y, loss_fn, task)
+        trace, logit_std = measure_step0(model, X, y, loss_fn, task, own_loss)
     facts = trace.facts
     if train is not None:
         for key, value in data_facts(train, loss_fn, facts.n_classes, None).items():
@@ -413,7 +417,7 @@ def _checkup(
 
 def _result(
     model: nn.Module,
-    X: torch.Tensor,
+    X: Any,
     y: torch.Tensor,
     trace: Trace,
     loss_fn: Any,

@@ -47,6 +47,7 @@ from torch.nn.modules.module import (
 )
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from .batch import Inputs, call_model
 from .findings import Finding
 from .stats import CHANNEL_FIRST_TYPES, ROOT_NAME, forward_ordered
 from .trace import json_ready
@@ -209,10 +210,16 @@ def located_errors(model: nn.Module) -> Iterator[None]:
 # -- measuring ---------------------------------------------------------------------------
 
 
-def _as_inputs(batch: Any) -> tuple[torch.Tensor, ...]:
-    """The forward's arguments in ``batch``: X, or the X of ``(X, y)``."""
+def _as_inputs(batch: Any) -> Inputs:
+    """The forward's arguments in ``batch``: X, or the X of ``(X, y)`` (``deepdoctor.batch``
+    says how a dict or a tuple of inputs maps to a forward call)."""
     pair = isinstance(batch, tuple | list) and len(batch) == 2
     X = batch[0] if pair else batch
+    if isinstance(X, Inputs | dict):
+        found = X if isinstance(X, Inputs) else Inputs(kwargs=dict(X))
+        if not len(found):
+            raise ValueError("the batch's inputs need a batch axis with at least one example")
+        return found
     inputs = tuple(X) if pair and isinstance(X, tuple | list) else (X,)
     if not inputs or not all(isinstance(t, torch.Tensor) for t in inputs):
         given = type(batch).__name__
@@ -227,7 +234,7 @@ def _as_inputs(batch: Any) -> tuple[torch.Tensor, ...]:
             f"the batch's X has shape {tuple(inputs[0].shape)}; it needs a batch axis "
             "with at least one example"
         )
-    return inputs
+    return Inputs(args=inputs)
 
 
 def _positions(output: torch.Tensor, module: nn.Module, batch: int) -> int:
@@ -276,7 +283,7 @@ def measure(model: nn.Module, batch: Any, n_samples: int | None = None) -> Compl
     ):
         raise ValueError(f"n_samples must be a whole number >= 1, got {n_samples!r}")
     inputs = _as_inputs(batch)
-    examples = inputs[0].shape[0]
+    examples = len(inputs)
     owners = {
         name or ROOT_NAME: m
         for name, m in model.named_modules()
@@ -312,7 +319,7 @@ def measure(model: nn.Module, batch: Any, n_samples: int | None = None) -> Compl
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.eval()
             with located_errors(model), counter:
-                model(*inputs)
+                call_model(model, inputs)
     finally:
         for handle in handles:
             handle.remove()

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from . import training
+from .batch import Inputs
 from .checks import check_int, check_number
 from .detectors import BLOWUP_FACTOR, coverage, detect
 from .experiment import Experiment
@@ -148,20 +149,23 @@ def _preflight(model: nn.Module, train_data: Any, loss_fn: Any) -> torch.Size:
     try:
         with torch.no_grad():
             try:
-                output = model(X)
+                out, _, _ = training.forward_loss(
+                    model, X, y, loss_fn or training.default_loss(y), task, loss_fn is None
+                )
             except RuntimeError as exc:
                 first = str(exc).splitlines()[0]
+                shape = (
+                    X.describe()
+                    if isinstance(X, Inputs)
+                    else f"of shape {tuple(X.shape[1:])} per sample"
+                )
                 raise ValueError(
-                    f"the model cannot run on the training inputs of shape "
-                    f"{tuple(X.shape[1:])} per sample ({first}); make its first layer "
-                    "match the data"
+                    f"the model cannot run on the training inputs {shape} ({first}); make "
+                    "its first layer match the data"
                 ) from exc
-            prediction = training.logits_of(output)
-            out = training.fit_output(prediction, y, task)
-            training.compute_loss(loss_fn or training.default_loss(y), out, y)
     finally:
         model.train(was_training)
-    return prediction.shape
+    return out.shape
 
 
 def diagnose(

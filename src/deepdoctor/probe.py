@@ -490,7 +490,7 @@ class Probe:
                 },
             )
 
-    def locate_nonfinite(self, *inputs: Any) -> dict[str, Any]:
+    def locate_nonfinite(self, *inputs: Any, **kwargs: Any) -> dict[str, Any]:
         """Run one forward pass and name the first module whose output is NaN or Inf.
 
         Used when the loss turns non-finite, to say where it started. Does not record a step,
@@ -509,7 +509,7 @@ class Probe:
             handles.append(module.register_forward_hook(hook))
         try:
             with torch.no_grad():
-                self.model(*inputs)
+                self.model(*inputs, **kwargs)
         finally:
             for hdl in handles:
                 hdl.remove()

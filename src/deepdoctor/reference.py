@@ -181,7 +181,9 @@ def _rows(data: Any, limit: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]
         raise _Skip(str(exc)) from None
 
 
-def _check(X: torch.Tensor, y: torch.Tensor, task: str, loss_fn: Any) -> None:
+def _check(X: Any, y: torch.Tensor, task: str, loss_fn: Any) -> None:
+    if not isinstance(X, torch.Tensor):
+        raise _Skip("the inputs are several tensors or keyword arguments, not one table")
     if not X.is_floating_point():
         raise _Skip(f"the inputs are {X.dtype} (token ids?), not features a flat model can use")
     if len(y) < MIN_ROWS:

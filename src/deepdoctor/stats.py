@@ -747,6 +747,7 @@ class TargetTally:
     def __init__(self, task: str | None = None) -> None:
         self.task = task
         self.n_classes: int | None = None
+        self.per_position: bool | None = None
         self._counts: torch.Tensor | None = None
         self._moments: torch.Tensor | None = None  # n, sum, sum of squares (float64)
 
@@ -764,6 +765,9 @@ class TargetTally:
     def _add_labels(self, y: torch.Tensor, prediction: torch.Size | None) -> None:
         labels = (y > 0.5).long().reshape(-1) if self.task == "binary" else y.long().reshape(-1)
         axis = class_axis(prediction, y.shape) if prediction is not None else None
+        if prediction is not None and len(prediction) == y.dim() + 1 and y.dim() >= 2:
+            # per-position labels, whatever the batch size the prediction was made on
+            self.per_position = prediction[2:] == y.shape[1:] or prediction[1:-1] == y.shape[1:]
         if self.task == "binary":
             n = 2
         elif axis is not None and prediction is not None:
@@ -788,6 +792,8 @@ class TargetTally:
         if self._counts is not None:
             counts = self._counts.tolist()[:-1]
             out.update(n_classes=len(counts), class_counts=counts)
+            if self.per_position is not None:
+                out["targets_per_position"] = self.per_position
             if len(counts) >= 2:
                 out["chance_loss"] = math.log(len(counts))
         if self._moments is not None:

@@ -91,6 +91,8 @@ class RunFacts:
     task: str | None = None  # classification | binary | regression
     n_classes: int | None = None
     class_counts: list[int] | None = None  # training targets per class
+    # per-position class targets (tokens, tags): (batch, time) against (batch, time, classes)
+    targets_per_position: bool | None = None
     target_var: float | None = None  # variance of regression targets
     chance_loss: float | None = None  # loss of a calibrated start: ln(classes), or target var
     steps_planned: int | None = None

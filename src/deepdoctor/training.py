@@ -25,9 +25,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from .batch import Inputs, as_inputs, call_model, model_loss, split_batch
 from .checks import check_choice, check_int, check_number
 from .progress import progress_bar
-from .stats import TargetTally
+from .stats import IGNORE_INDEX, TargetTally, class_axis
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 TensorData = tuple[torch.Tensor, torch.Tensor]
@@ -56,7 +57,13 @@ def as_tensors(data: Any, name: str = "train") -> TensorData:
         raise TypeError(
             f"{name} must be a DataLoader or a tuple (X, y) of tensors, got {type(data).__name__}"
         )
-    X, y = (torch.as_tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v for v in data)
+    X, y = as_inputs(data[0]), data[1]
+    if not isinstance(X, torch.Tensor | Inputs):
+        X = torch.as_tensor(np.asarray(X))
+    if not isinstance(y, torch.Tensor):
+        y = torch.as_tensor(np.asarray(y))
+    if isinstance(X, Inputs):
+        return _checked_inputs(X, y, name)
     if X.dim() == 0 or y.dim() == 0:
         raise ValueError(
             f"{name}: X and y must have a sample axis, got shapes "
@@ -76,13 +83,30 @@ def as_tensors(data: Any, name: str = "train") -> TensorData:
                 )
     if X.dtype == torch.float64:
         X = X.float()
+    return X, _targets(y)
+
+
+def _targets(y: torch.Tensor) -> torch.Tensor:
     if y.dtype == torch.float64:
         y = y.float()
     if y.dtype in (torch.int32, torch.int16, torch.int8, torch.uint8):
         y = y.long()
     if not y.is_floating_point() and y.dim() == 2 and y.shape[1] == 1:
         y = y[:, 0]  # a column of class indices, as pandas / sklearn often give them
-    return X, y
+    return y
+
+
+def _checked_inputs(X: Inputs, y: torch.Tensor, name: str) -> tuple[Any, torch.Tensor]:
+    """``as_tensors`` for several inputs: every tensor has the targets' sample count."""
+    if y.dim() == 0 or not X.tensors():
+        raise ValueError(f"{name}: the inputs and the targets must be tensors with a sample axis")
+    for key, v in zip(X.keys, X.values(), strict=True):
+        if isinstance(v, torch.Tensor) and (v.dim() == 0 or len(v) != len(y)):
+            raise ValueError(
+                f"{name}: input {key} has shape {tuple(v.shape)} but there are {len(y)} "
+                "targets; every input needs one row per sample"
+            )
+    return X, _targets(y)
 
 
 def is_loader(data: Any) -> bool:
@@ -115,17 +139,9 @@ def batches(data: Any, batch_size: int, seed: int) -> Iterator[Batch]:
 
 
 def unpack_batch(batch: Any) -> Batch:
-    if isinstance(batch, dict):
-        keys = [k for k in ("x", "input", "inputs") if k in batch]
-        tkeys = [k for k in ("y", "target", "targets", "label", "labels") if k in batch]
-        if keys and tkeys:
-            return batch[keys[0]], batch[tkeys[0]]
-    if isinstance(batch, tuple | list) and len(batch) >= 2:
-        return batch[0], batch[1]
-    raise TypeError(
-        "each batch must be (inputs, targets) or a dict with 'x' and 'y'; got "
-        f"{type(batch).__name__}"
-    )
+    """(inputs, targets) of a loader's batch; see ``deepdoctor.batch`` for the forms."""
+    x, y = split_batch(batch)
+    return x, _targets(y) if isinstance(y, torch.Tensor) else y
 
 
 def loader_tensors(
@@ -152,7 +168,8 @@ def loader_tensors(
             raise TimeoutError(f"the DataLoader yielded {count} rows in {max_seconds:g} s")
     if not xs:
         raise ValueError("the DataLoader yielded no batches")
-    X, y = torch.cat(xs), torch.cat(ys)
+    X = Inputs.cat(xs) if isinstance(xs[0], Inputs) else torch.cat(xs)
+    y = torch.cat(ys)
     return (X[:limit], y[:limit]) if limit else (X, y)
 
 
@@ -160,12 +177,28 @@ def loader_tensors(
 
 
 def infer_task(y: torch.Tensor, loss_fn: Any) -> str:
-    """classification (class indices), binary (float targets, BCE) or regression."""
+    """classification (class indices), binary (float targets, BCE) or regression.
+
+    One-hot targets with no loss function given are an error that says what to pass: read
+    as regression values they would train by MSE and end in a misleading "underfitting".
+    """
     if isinstance(loss_fn, nn.BCEWithLogitsLoss | nn.BCELoss):
         return "binary"
     if not y.is_floating_point():
         return "classification"
+    if loss_fn is None and _one_hot(y):
+        raise ValueError(
+            f"the targets are one-hot rows of shape {tuple(y.shape)}: pass class indices "
+            "(y.argmax(1)) for a classification, or loss_fn=nn.MSELoss() to fit them as "
+            "regression values"
+        )
     return "regression"
+
+
+def _one_hot(y: torch.Tensor) -> bool:
+    if y.dim() != 2 or y.shape[1] < 2 or not len(y):
+        return False
+    return bool((((y == 0) | (y == 1)).all(1) & (y.sum(1) == 1)).all())
 
 
 def targets_for(y: torch.Tensor, task: str) -> torch.Tensor:
@@ -204,16 +237,20 @@ def logits_of(output: Any) -> torch.Tensor:
 def fit_output(out: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
     """Check that predictions fit the targets; squeeze a trailing 1 for scalar targets."""
     if task == "classification":
-        if out.dim() != y.dim() + 1 or out.shape[:1] + out.shape[2:] != y.shape:
+        axis = class_axis(out.shape, y.shape)
+        if axis is None:
             raise ValueError(
                 f"the model's output has shape {tuple(out.shape)} but the targets are class "
-                f"indices of shape {tuple(y.shape)}: the output needs shape (batch, classes)"
+                f"indices of shape {tuple(y.shape)}: the output needs shape (batch, classes), "
+                "or (batch, time, classes) for per-position targets (batch, time)"
             )
-        n_out = out.shape[1]
-        low, top = (int(y.min()), int(y.max())) if y.numel() else (0, 0)
+        n_out = out.shape[axis]
+        counted = y[y != IGNORE_INDEX]  # positions labelled -100 do not count
+        low, top = (int(counted.min()), int(counted.max())) if counted.numel() else (0, 0)
         if low < 0:
             raise ValueError(
-                f"the targets contain class {low}; class indices run from 0 to classes - 1"
+                f"the targets contain class {low}; class indices run from 0 to classes - 1 "
+                f"(and {IGNORE_INDEX} marks a position that does not count)"
             )
         if top >= n_out:
             raise ValueError(
@@ -224,6 +261,13 @@ def fit_output(out: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
     if out.dim() == y.dim() + 1 and out.shape[-1] == 1:
         out = out.squeeze(-1)
     if out.shape != y.shape:
+        if task == "regression" and class_axis(out.shape, y.shape) is not None:
+            raise ValueError(
+                f"the targets are floats of shape {tuple(y.shape)}, read as regression "
+                f"values, but the model gives {out.shape[-1]} outputs per target, as a "
+                "classifier does: pass the class labels as integers (y.long()), or make the "
+                "output one value per target for a regression"
+            )
         raise ValueError(
             f"the model's output has shape {tuple(out.shape)} but the targets have shape "
             f"{tuple(y.shape)}; they must match for {task}"
@@ -231,9 +275,19 @@ def fit_output(out: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
     return out
 
 
+def class_last(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-position predictions (batch, time, classes) as torch's losses take them, the
+    classes on axis 1; any other prediction unchanged."""
+    if out.dim() > 2 and class_axis(out.shape, y.shape) == out.dim() - 1:
+        return out.movedim(-1, 1)
+    return out
+
+
 def compute_loss(
     loss_fn: Callable[..., torch.Tensor], out: torch.Tensor, y: torch.Tensor
 ) -> torch.Tensor:
+    if isinstance(loss_fn, nn.CrossEntropyLoss | nn.NLLLoss):
+        out = class_last(out, y)  # ignore_index (-100 by default) drops padded positions
     loss = loss_fn(out, y)
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
         shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
@@ -243,10 +297,38 @@ def compute_loss(
     return loss.reshape(())
 
 
+def forward_loss(
+    model: nn.Module,
+    x: Any,
+    y: torch.Tensor,
+    loss_fn: Callable[..., torch.Tensor],
+    task: str,
+    own_loss: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """The prediction and the loss of one batch, and whether the prediction lines up with
+    the targets (so that an accuracy means something).
+
+    own_loss: use the loss the model computed itself when its output has one (a Hugging
+    Face model given ``labels``), as when no ``loss_fn`` was given. Its per-position
+    predictions may be aligned with the labels the model's own way (a causal language
+    model predicts the next token), so they are not scored against the labels then.
+    """
+    output = call_model(model, x)
+    out = fit_output(logits_of(output), y, task)
+    own = model_loss(output) if own_loss else None
+    if own is not None:
+        return out, own, out.dim() <= 2
+    return out, compute_loss(loss_fn, out, y), True
+
+
 def accuracy(out: torch.Tensor, y: torch.Tensor, task: str) -> float:
+    """The fraction of right predictions, over the label positions that count."""
     if task == "regression":
         return math.nan
-    return float((predictions(out, task).reshape(-1) == y.reshape(-1)).float().mean())
+    counted = y != IGNORE_INDEX
+    n = int(counted.sum())
+    right = (predictions(out, task, y) == y) & counted
+    return float(right.sum()) / n if n else math.nan
 
 
 def batch_norm_layers(model: nn.Module) -> list[nn.Module]:
@@ -266,9 +348,10 @@ def evaluate(
     task: str,
     *,
     batch_stats: bool = False,
+    own_loss: bool = False,
 ) -> tuple[float, float]:
     """Mean loss and accuracy (NaN for regression) in eval mode; see ``evaluate_metrics``."""
-    m = evaluate_metrics(model, X, y, loss_fn, task, batch_stats=batch_stats)
+    m = evaluate_metrics(model, X, y, loss_fn, task, batch_stats=batch_stats, own_loss=own_loss)
     return m["loss"], m["accuracy"]
 
 
@@ -281,6 +364,7 @@ def evaluate_metrics(
     task: str,
     *,
     batch_stats: bool = False,
+    own_loss: bool = False,
 ) -> dict[str, float]:
     """Mean loss, accuracy and balanced accuracy (the mean of the per-class recalls over the
     classes present in ``y``; NaN for regression) in eval mode; the mode is restored.
@@ -291,6 +375,7 @@ def evaluate_metrics(
     training, instead of running statistics that early in a run have not converged (on a
     ResNet they gave a "training loss" of 1e4 against 6 per step); their running statistics
     are put back afterwards, so the run is not changed. Dropout stays off either way.
+    own_loss: as for ``forward_loss``.
     """
     was_training = model.training
     model.eval()
@@ -302,41 +387,49 @@ def evaluate_metrics(
         for m in norms:
             m.train()
     try:
-        total, n = 0.0, 0
+        total, n, aligned = 0.0, 0, True
         hits: dict[int, list[int]] = {}  # class -> [right, seen]
         for start in range(0, len(X), chunk):
             xb = X[start : start + chunk]
             yb = targets_for(y[start : start + chunk], task)
-            out = fit_output(logits_of(model(xb)), yb, task)
-            total += float(compute_loss(loss_fn, out, yb)) * len(xb)
-            if task != "regression":
-                _count_hits(hits, predictions(out, task), yb)
+            out, loss, lined_up = forward_loss(model, xb, yb, loss_fn, task, own_loss)
+            total += float(loss) * len(xb)
+            aligned = aligned and lined_up
+            if task != "regression" and aligned:
+                _count_hits(hits, predictions(out, task, yb), yb)
             n += len(xb)
     finally:
         for m, buffers in zip(norms, saved, strict=True):
             for b, kept in zip(m.buffers(recurse=False), buffers, strict=True):
                 b.copy_(kept)
         model.train(was_training)
-    if task == "regression" or not hits:
+    if task == "regression" or not hits or not aligned:
         return {"loss": total / n, "accuracy": math.nan, "balanced_accuracy": math.nan}
     right = sum(r for r, _ in hits.values())
+    counted = sum(seen for _, seen in hits.values())  # label positions, -100 left out
     recalls = [r / seen for r, seen in hits.values()]
     return {
         "loss": total / n,
-        "accuracy": right / n,
+        "accuracy": right / counted,
         "balanced_accuracy": float(np.mean(recalls)),
     }
 
 
-def predictions(out: torch.Tensor, task: str) -> torch.Tensor:
-    """Predicted classes: the argmax of class logits, or a binary logit's sign."""
-    return out.argmax(1) if task == "classification" else (out > 0).to(out.dtype)
+def predictions(out: torch.Tensor, task: str, y: torch.Tensor | None = None) -> torch.Tensor:
+    """Predicted classes: the argmax of class logits (on the class axis of per-position
+    predictions, given the targets ``y``), or a binary logit's sign."""
+    if task != "classification":
+        return (out > 0).to(out.dtype)
+    return (class_last(out, y) if y is not None else out).argmax(1)
 
 
 def _count_hits(hits: dict[int, list[int]], predicted: torch.Tensor, y: torch.Tensor) -> None:
-    """Add each class's right predictions and samples of one chunk to ``hits``."""
+    """Add each class's right predictions and samples of one chunk to ``hits`` (label
+    positions marked ``IGNORE_INDEX`` do not count)."""
     labels = y.reshape(-1).long()
     right = predicted.reshape(-1) == y.reshape(-1)
+    counted = labels != IGNORE_INDEX
+    labels, right = labels[counted], right[counted]
     size = int(labels.max()) + 1 if labels.numel() else 1
     seen = torch.bincount(labels, minlength=size)
     correct = torch.bincount(labels[right], minlength=size)
@@ -490,16 +583,27 @@ class TrainState:
     stop: str | None = None
 
 
-def _forward(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> Any:
-    """The model's forward on a batch; torch's own error gets the batch's shapes added."""
+def _forward_loss(
+    model: nn.Module, xb: Any, yb: torch.Tensor, loss_fn: Any, task: str, own_loss: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``forward_loss`` on a training batch; torch's own error gets the batch's shapes."""
     try:
-        return model(xb)
+        out, loss, _ = forward_loss(model, xb, yb, loss_fn, task, own_loss)
     except RuntimeError as exc:
+        shape = xb.describe() if isinstance(xb, Inputs) else f"{tuple(xb.shape)} {xb.dtype}"
         raise ValueError(
-            f"the model failed on a training batch X {tuple(xb.shape)} {xb.dtype} (targets "
+            f"the model failed on a training batch X {shape} (targets "
             f"{tuple(yb.shape)} {yb.dtype}): {exc}. Check that the model's input size and "
             "dtype fit the data"
         ) from exc
+    return out, loss
+
+
+def locate_nonfinite(probe: Any, x: Any) -> dict[str, Any]:
+    """``probe.locate_nonfinite`` on a batch's inputs, whatever their form."""
+    if isinstance(x, Inputs):
+        return dict(probe.locate_nonfinite(*x.args, **x.kwargs))
+    return dict(probe.locate_nonfinite(x))
 
 
 def _call(callbacks: Sequence[Any], event: str, *args: Any) -> None:
@@ -613,6 +717,7 @@ class _Run:
         self.clip_grad, self.early_stopping = clip_grad, early_stopping
         self.X_probe, self.y_probe = loader_tensors(train, TRAIN_EVAL_SAMPLES)
         self.task = infer_task(self.y_probe, loss_fn)
+        self.own_loss = loss_fn is None  # a model that computes its own loss keeps it
         self.loss_fn = loss_fn if loss_fn is not None else default_loss(self.y_probe)
         self.val_tensors = loader_tensors(val) if val is not None else None
         # the train metrics the fit detectors read: batch-norm layers on batch statistics
@@ -635,8 +740,7 @@ class _Run:
             g["lr"] = base * self.factor(step)
         yb = targets_for(yb, self.task)
         state.batch = (xb, yb)
-        out = fit_output(logits_of(_forward(self.model, xb, yb)), yb, self.task)
-        loss = compute_loss(self.loss_fn, out, yb)
+        _, loss = _forward_loss(self.model, xb, yb, self.loss_fn, self.task, self.own_loss)
         state.loss = loss
         value = float(loss.detach())
         if not math.isfinite(value):
@@ -673,7 +777,7 @@ class _Run:
             self.probe.end_step()
             self.probe.trace.facts.nonfinite_at = {
                 "step": step,
-                **self.probe.locate_nonfinite(xb),
+                **locate_nonfinite(self.probe, xb),
             }
 
     def evaluate(self, step: int) -> dict[str, float]:
@@ -684,10 +788,13 @@ class _Run:
             self.loss_fn,
             self.task,
             batch_stats=self.batch_stats,
+            own_loss=self.own_loss,
         )
         metrics = {"step": float(step), "train_loss": tl, "train_accuracy": ta}
         if self.val_tensors is not None:
-            val = evaluate_metrics(self.model, *self.val_tensors, self.loss_fn, self.task)
+            val = evaluate_metrics(
+                self.model, *self.val_tensors, self.loss_fn, self.task, own_loss=self.own_loss
+            )
             metrics.update(
                 val_loss=val["loss"],
                 val_accuracy=val["accuracy"],

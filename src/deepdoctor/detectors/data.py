@@ -80,7 +80,9 @@ def _unscaled(trace: Trace) -> list[Finding]:
 
 def _imbalance(trace: Trace) -> list[Finding]:
     counts = trace.facts.class_counts
-    if not counts or len(counts) < 2:
+    # Per-position classes (a language model's vocabulary, a tagger's tags) are skewed by
+    # nature (Zipf's law; most tokens are no entity): weighting them is no remedy.
+    if not counts or len(counts) < 2 or trace.facts.targets_per_position:
         return []
     c = np.asarray(counts, dtype=float)
     present = c[c > 0]
