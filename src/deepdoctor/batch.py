@@ -29,7 +29,6 @@ LABEL_KEYS = ("labels", "label", "y", "target", "targets")
 INPUT_KEYS = ("x", "input", "inputs")
 
 
-
 @dataclass
 class Inputs:
     """A batch's inputs as positional and keyword arguments of the forward call."""

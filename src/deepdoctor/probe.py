@@ -84,6 +84,17 @@ DEFAULT_EVERY = 16
 __all__ = ["CHANNEL_FIRST_TYPES", "DEFAULT_EVERY", "ROOT_NAME", "Probe"]
 
 
+def _tensors(inputs: Any) -> list[torch.Tensor]:
+    """The tensors in a forward's inputs: a tensor, a sequence or a mapping of inputs."""
+    if isinstance(inputs, torch.Tensor):
+        return [inputs]
+    if isinstance(inputs, dict):
+        inputs = list(inputs.values())
+    if isinstance(inputs, tuple | list):
+        return [t for i in inputs for t in _tensors(i)]
+    return [t for t in getattr(inputs, "tensors", lambda: [])() if isinstance(t, torch.Tensor)]
+
+
 class Probe:
     """Record per-layer statistics of ``model`` into ``probe.trace`` while it trains.
 
@@ -134,6 +145,7 @@ class Probe:
         self._forward_in_step = False
         self._order_fixed = False
         self._walk: ForwardWalk | None = None  # the sampled forward's observer
+        self._outside = False  # the walk was begun by begin_forward, not the root forward
         self._walked: ForwardWalk | None = None  # ... once that forward has run
         self._prediction: torch.Size | None = None  # the shape of this step's prediction
         self._batch_len: int | None = None
@@ -276,20 +288,42 @@ class Probe:
             self._grad_row, self._grads_nonfinite = self._index.read(grad_norms=grad_norms)
         self._finish_step()
 
+    def begin_forward(self, inputs: Any = None) -> None:
+        """A training forward begins that may not pass through ``model.forward`` (a
+        LightningModule whose ``training_step`` calls its layers): observe it from here
+        until ``end_forward()``. ``inputs``: the batch's inputs (a tensor, or anything whose
+        first tensor is the input), for the input statistics and the batch size. The
+        integrations call these two; a loop of your own needs neither."""
+        first = next(iter(_tensors(inputs)), None)
+        self._begin(first)
+        self._outside = self._walk is not None
+
+    def end_forward(self) -> None:
+        """The forward begun by ``begin_forward`` is over (its backward begins)."""
+        if self._outside:
+            self._walked = self._walk
+            self._walk = None
+            self._stop_walk_of(self._walked)
+        self._outside = False
+
     def _set_last(self, stat: str, value: float) -> None:
         self._trace.steps.set_value(stat, -1, 0, value)
 
     # -- hooks ---------------------------------------------------------------------------
 
     def _on_root_forward(self, module: nn.Module, args: tuple[Any, ...], kwargs: Any) -> None:
+        if self._outside:
+            return  # observed from begin_forward() to end_forward()
         self._stop_walk()
+        inputs = [*args, *kwargs.values()]
+        self._begin(next((a for a in inputs if isinstance(a, torch.Tensor)), None))
+
+    def _begin(self, x: torch.Tensor | None) -> None:
         # Evaluation passes (no grad, or eval mode) are not training steps.
         if not (torch.is_grad_enabled() and self.model.training):
             return
         first = not self._forward_in_step
         self._forward_in_step = True
-        inputs = [*args, *kwargs.values()]
-        x = next((a for a in inputs if isinstance(a, torch.Tensor)), None)
         if first:
             self._batch_len = len(x) if x is not None and x.dim() else None
         if first and self.sampling:
@@ -298,7 +332,7 @@ class Probe:
             self._walk.record_input(x)
 
     def _on_root_output(self, module: nn.Module, args: Any, output: Any) -> None:
-        if self._walk is not None:
+        if self._walk is not None and not self._outside:
             self._walked = self._walk
             self._stop_walk()
         if torch.is_grad_enabled() and self.model.training:
@@ -309,6 +343,11 @@ class Probe:
         if self._walk is not None:
             self._walk.__exit__()
             self._walk = None
+
+    @staticmethod
+    def _stop_walk_of(walk: ForwardWalk | None) -> None:
+        if walk is not None:
+            walk.__exit__()
 
     def _on_step_pre(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> Any:
         try:
@@ -419,6 +458,8 @@ class Probe:
         t.acts.names = acts
 
     def _finish_step(self) -> None:
+        if self._outside:  # no end_forward() before the step: the walk ends here
+            self.end_forward()
         walk, self._walked = self._walked, None
         self._stop_walk()
         seen = walk.read() if walk is not None else None  # one host sync

@@ -153,12 +153,16 @@ def is_weight_layer(module: nn.Module) -> bool:
 def parameter_layers(model: nn.Module) -> tuple[dict[str, nn.Module], list[str]]:
     """Modules that own trainable parameters directly, by module path; and frozen params.
 
+    A parameter shared by two modules (tied weights: a language model's output layer and
+    its embedding) belongs to the first one only, so its gradient is counted once.
     Raises a ValueError when the model has no trainable parameter at all.
     """
     layers: dict[str, nn.Module] = {}
     frozen: list[str] = []
+    seen: set[int] = set()
     for name, module in model.named_modules():
-        own = list(module.named_parameters(recurse=False))
+        own = [(n, p) for n, p in module.named_parameters(recurse=False) if id(p) not in seen]
+        seen.update(id(p) for _, p in own)
         if not own:
             continue
         trainable = [p for _, p in own if p.requires_grad]
@@ -393,10 +397,16 @@ class ParameterIndex:
     """
 
     def __init__(self, layers: Mapping[str, nn.Module]) -> None:
-        self.layer_params: dict[str, list[tuple[str, nn.Parameter]]] = {
-            name: [(n, p) for n, p in m.named_parameters(recurse=False) if p.requires_grad]
-            for name, m in layers.items()
-        }
+        seen: set[int] = set()  # a tied parameter belongs to its first layer only
+        self.layer_params: dict[str, list[tuple[str, nn.Parameter]]] = {}
+        for name, m in layers.items():
+            own = [
+                (n, p)
+                for n, p in m.named_parameters(recurse=False)
+                if p.requires_grad and id(p) not in seen
+            ]
+            seen.update(id(p) for _, p in own)
+            self.layer_params[name] = own
         self._flatten()
 
     def _flatten(self) -> None:
