@@ -130,3 +130,18 @@ def test_deepdoctor_imports_neither_framework() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
+    import runpy
+    import sys
+
+    example = Path(__file__).parent.parent / "examples" / "lightning_callback.py"
+    monkeypatch.setattr(sys, "argv", [str(example), str(tmp_path)])
+    found = runpy.run_path(str(example), run_name="__main__")["doctor"]
+    assert found.trace.n_steps == 60 and found.findings
+    printed = [
+        ln for ln in capsys.readouterr().out.splitlines() if ln.startswith(("info", "warn", "crit"))
+    ]
+    assert len(printed) == len(found.findings)
+    assert (tmp_path / "report.html").exists()

@@ -80,3 +80,14 @@ def test_a_run_with_no_step_says_so(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="before its first optimizer step"):
         _train(tmp_path, cb, _rows(8), num_train_epochs=0)
     assert cb.findings == [] and cb.message == NO_STEP
+
+
+def test_the_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import runpy
+    import sys
+
+    example = Path(__file__).parent.parent / "examples" / "hf_trainer_callback.py"
+    monkeypatch.setattr(sys, "argv", [str(example), str(tmp_path)])
+    found = runpy.run_path(str(example), run_name="__main__")["doctor"]
+    assert found.trace.n_steps == 20 and found.trace.layers[0] == "transformer.wte"
+    assert math.isfinite(found.trace.loss()[-1]) and (tmp_path / "report.html").exists()

@@ -17,6 +17,15 @@ before a step are read once, summed, as the optimizer sees them. The update-to-w
 compares the weights before and after the update. A loop that updates weights by hand calls
 ``probe.end_step()`` after its update instead (then no update ratio is recorded).
 
+Several processes
+-----------------
+Given a ``DistributedDataParallel`` model, the Probe watches the module it wraps, so layers
+carry the model's own names (no ``module.`` prefix). DDP averages the gradients over the
+ranks before the step, so every rank reads the same norms; ``record_loss`` averages the
+loss over the ranks (one all-reduce: call it on every rank), so every rank's trace holds
+the same values, and ``probe.save(path)`` writes it on rank 0 only. Sharded parameters
+(FSDP) are not supported yet: each rank would read the norms of its own shard.
+
 The loss is not visible to module hooks: call ``probe.record_loss(loss)`` once per step
 (before or after ``optimizer.step()``); without it the loss detectors have nothing to read.
 
@@ -55,10 +64,13 @@ from __future__ import annotations
 import itertools
 import math
 import weakref
+from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim import optimizer as _optimizer_module
 
 from .stats import (
@@ -82,6 +94,20 @@ from .trace import RunFacts, Trace
 DEFAULT_EVERY = 16
 
 __all__ = ["CHANNEL_FIRST_TYPES", "DEFAULT_EVERY", "ROOT_NAME", "Probe"]
+
+
+def _unwrapped(model: nn.Module) -> tuple[nn.Module, int]:
+    """The module a DistributedDataParallel wrapper holds (so layers are named as in the
+    model, without the wrapper's ``module.`` prefix), and the number of processes."""
+    if not isinstance(model, DistributedDataParallel):
+        return model, 1
+    if not (dist.is_available() and dist.is_initialized()):
+        raise ValueError(
+            "this DistributedDataParallel model's process group is not initialised; call "
+            "torch.distributed.init_process_group (torchrun sets up its environment) before "
+            "creating the Probe, or give the Probe the unwrapped model"
+        )
+    return model.module, dist.get_world_size()
 
 
 def _tensors(inputs: Any) -> list[torch.Tensor]:
@@ -123,6 +149,7 @@ class Probe:
             raise TypeError(f"Probe needs an nn.Module, got {type(model).__name__}")
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be a whole number >= 1, got {every!r}")
+        model, self.world_size = _unwrapped(model)
         self.model = model
         self.optimizer = optimizer
         self.every = every
@@ -239,11 +266,27 @@ class Probe:
         if targets is not None:
             self._record_targets(targets)
         value = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
+        if self.world_size > 1:
+            value = self._mean_over_ranks(value)
         if not self._forward_in_step and self._trace.n_steps > 0:
             self._set_last("loss", value)
             self._set_last("nonfinite_loss", float(not math.isfinite(value)))
         else:
             self._pending_loss = value
+
+    def _mean_over_ranks(self, value: float) -> float:
+        """The mean of every rank's loss (one all-reduce), so every rank records the same."""
+        device = self._index.params[0].device if self._index.params else None
+        t = torch.tensor([value], dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        return float(t) / self.world_size
+
+    def save(self, path: str | Path) -> Path | None:
+        """Write the trace to ``path`` (``Trace.save``), on rank 0 only under
+        ``torch.distributed``: every rank records the same values. None on other ranks."""
+        if self.world_size > 1 and dist.get_rank() != 0:
+            return None
+        return self.trace.save(path)
 
     def _record_targets(self, targets: torch.Tensor) -> None:
         if not isinstance(targets, torch.Tensor):
