@@ -19,9 +19,10 @@ import torch
 from .experiment import Experiment
 from .findings import Finding, sort_findings
 from .progress import progress_bar
-from .remedies import REMEDIES, Context, Prescription, apply_remedies, compatible
+from .remedies import REMEDIES, Context, apply_remedies, compatible
 from .scoring import Scoring, metrics_of, needs_another_seed, noise_margin, scoring_for
 from .training import History, is_loader, loader_tensors
+from .trials import TrialEngine, TrialResult, TrialSpec
 
 __all__ = ["Ledger", "Search", "Trial", "metrics_of"]
 
@@ -133,6 +134,7 @@ class Trial:
     prescription: str | None = None  # prescription: what to change by hand
     note: str | None = None  # what the trial taught the search (e.g. the playbook's rule)
     clipped_fraction: float = math.nan  # of the steps, when the trial clipped gradients
+    cached: bool = False  # its run came from the trial cache of an earlier, interrupted treat
     # A full-length screen (treated experiment, its probed run): already a verification.
     full_run: tuple[Experiment, Any] | None = field(default=None, repr=False, compare=False)
     # The treated experiment as screened, so verification reuses it rather than applying
@@ -167,6 +169,7 @@ class Trial:
             "error": self.error,
             "prescription": self.prescription,
             "note": self.note,
+            "cached": self.cached,
         }
 
 
@@ -198,8 +201,12 @@ class Search:
         budget: float,
         remedies: list[str] | None = None,
         progress: bool = False,
+        engine: TrialEngine | None = None,
     ) -> None:
         self.experiment = experiment
+        # Where trials run (in-process, worker processes, Ray) and their cache: the search
+        # decides the same wherever they run.
+        self.engine = engine or TrialEngine(experiment)
         self.ledger = Ledger(budget, experiment.steps)
         self.remedies = remedies
         self.progress = progress
@@ -264,6 +271,7 @@ class Round:
         self.ledger = search.ledger
         self.exclude = search.applied
         self.progress = search.progress
+        self.engine = search.engine
         self.one_run = self.ledger.runs(exp.steps)  # this round's run, in untreated runs
         self.started = time.time()
         self.base: Any = baseline  # a Diagnosis; round 1 runs its own
@@ -289,6 +297,7 @@ class Round:
         self.screen_steps = self._screening_point()
         self.ctx = _context(self.exp, self.base.trace, self.base.findings)
         try:
+            self._prefetch(candidates)
             self._measure_noise()
             self._screen_candidates(candidates)
             self._screen_combination()
@@ -299,9 +308,9 @@ class Round:
     # -- the steps of a round, in order ---------------------------------------------------
 
     def _diagnose(self, exp: Experiment, label: str) -> Any:
-        from .diagnose import diagnose_experiment
-
-        run = diagnose_experiment(exp, progress=label if self.progress else False)
+        progress = label if self.progress else False
+        spec = TrialSpec(exp, probed=True, progress=progress, catch=False)
+        run = self.engine.result(spec).diagnosis
         self.ledger.charge(label, run.history.steps)
         return run
 
@@ -347,7 +356,8 @@ class Round:
                 break
             if not self.ledger.fits(self.ledger.runs(self.screen_steps)):
                 break
-            other = self.exp.run(steps=self.screen_steps, seed=self.exp.seed + offset)
+            other = self.engine.result(self._noise_spec(offset)).history
+            assert other is not None  # catch=False: a run that failed raised
             self.ledger.charge("noise run", other.steps)
             stop_if_interrupted(other)
             self.noise_samples.append(self.scoring.of(metrics_of(other)))
@@ -407,8 +417,9 @@ class Round:
         return self._verify(best)
 
     def _verify(self, best: Trial) -> Outcome:
+        # The remedies' own steps were charged when they were screened; a screen served from
+        # the trial cache has no candidate, and the remedies are applied again here.
         treated = best.candidate or apply_remedies(self.exp, best.remedies, self.ctx)
-        self.ledger.absorb(self._remedy_steps(treated) if best.candidate is None else 0)
         run = self._diagnose(treated, "verifying")
         stop_if_interrupted(run.history)
         metrics = metrics_of(run.history)
@@ -465,42 +476,37 @@ class Round:
         return trial
 
     def _screen_trial(self, group: list[str], stage: str) -> Trial:
-        from .diagnose import diagnose_experiment
-
         def trial(status: Status, **fields: Any) -> Trial:
             return Trial(list(group), stage, status, self.number, **fields)
 
         late = any(r in LATE_EFFECT for r in group)
         # Checked before the remedies are applied (some spend compute while being applied,
         # e.g. a range test) and again after, with what they spent and the steps they set.
-        own = sum(REMEDIES[r].cost(self.exp) for r in group if r in REMEDIES)
-        short = self._shortfall(late, (self.exp.steps if late else self.screen_steps) + own)
+        short = self._shortfall(late, self._most_steps(group, late))
         if short:
             return trial("not_tried", reason=short)
-        try:
-            candidate = apply_remedies(self.exp, group, self.ctx)
-        except Prescription as p:
-            return trial("prescription", prescription=p.instructions)
-        except Exception as exc:  # a remedy that throws is recorded, and the search goes on
-            return trial("error", error=f"{type(exc).__name__}: {exc}")
-        self.ledger.absorb(self._remedy_steps(candidate))
-        steps = candidate.steps if late else self.screen_steps
-        short = self._shortfall(late, steps)
-        if short:
-            return trial("not_tried", reason=short)
-        full_run = None
-        try:
-            if late:
-                run = diagnose_experiment(candidate)
-                history, full_run = run.history, (candidate, run)
-            else:
-                history = candidate.run(steps=steps)
-        except Exception as exc:
-            return trial("error", error=f"{type(exc).__name__}: {exc}")
+        result = self.engine.result(self._screen_spec(group, late))
+        self.ledger.absorb(result.remedy_steps)
+        if result.status == "prescription":
+            return trial("prescription", prescription=result.prescription)
+        if result.status == "error" and not result.steps:  # the remedies threw
+            return trial("error", error=result.error)
+        short = self._shortfall(late, result.steps)
+        if short or result.status == "too_long":
+            return trial("not_tried", reason=short or "the budget left is too small")
+        if result.status == "error":  # the run threw
+            return trial("error", error=result.error)
+        history = result.history
+        assert history is not None  # status "ran"
         self.ledger.charge(f"{stage} {'+'.join(group)}", history.steps)
         stop_if_interrupted(history)
+        candidate = self._candidate(result, group)
         metrics = metrics_of(history)
-        score, baseline_score = self.scoring.of(metrics), self.scoring.at(self.base.history, steps)
+        full_run = (candidate, result.diagnosis) if late else None
+        score, baseline_score = (
+            self.scoring.of(metrics),
+            self.scoring.at(self.base.history, result.steps),
+        )
         why_not = self._why_not(score, baseline_score, full_run[1].findings if full_run else None)
         return trial(
             "no_gain" if why_not else "passed",
@@ -512,6 +518,7 @@ class Round:
             clipped_fraction=float(np.mean(history.clipped)) if history.clipped else math.nan,
             full_run=full_run,
             candidate=candidate,
+            cached=result.cached,
         )
 
     def _why_not(self, score: float, baseline: float, findings: list[Finding] | None) -> str | None:
@@ -535,6 +542,51 @@ class Round:
             return f"it raises critical findings the untreated run did not: {', '.join(new)}"
         return None
 
+    def _candidate(self, result: TrialResult, group: list[str]) -> Experiment:
+        """The treated experiment the trial ran; one from the trial cache is rebuilt here."""
+        return result.candidate or apply_remedies(self.exp, group, self.ctx)
+
+    def _most_steps(self, group: list[str], late: bool) -> int:
+        """The steps a screen of ``group`` may cost at most: its run and its remedies' own."""
+        own = sum(REMEDIES[r].cost(self.exp) for r in group if r in REMEDIES)
+        return (self.exp.steps if late else self.screen_steps) + own
+
+    def _screen_spec(self, group: list[str], late: bool) -> TrialSpec:
+        """A screen as a trial: the remedies on this round's experiment, from its seed, for
+        the screening steps (a late-effect remedy: the full run, probed). The allowance lets
+        the trial refuse to train when the remedies' own steps and its length do not fit."""
+        reserve = 0.0 if late else self.one_run
+        return TrialSpec(
+            self.exp,
+            tuple(group),
+            self.ctx,
+            steps=None if late else self.screen_steps,
+            probed=late,
+            allowance=(self.ledger.left, self.ledger.run_steps, reserve),
+        )
+
+    def _noise_spec(self, offset: int = 1) -> TrialSpec:
+        """The untreated run from the seed ``offset`` past its own, to the screening point."""
+        seed = self.exp.seed + offset
+        return TrialSpec(self.exp, seed=seed, steps=self.screen_steps, catch=False)
+
+    def _prefetch(self, candidates: list[list[str]]) -> None:
+        """Hand worker processes or Ray the noise run and the screens that fit even if each
+        costs its most, so they run side by side. The search still takes the results in its
+        own order and decides exactly as it would one by one (a screen run ahead that no
+        longer fits when its turn comes is not counted); in-process this does nothing."""
+        if not self.engine.remote:
+            return
+        need = self.ledger.runs(self.screen_steps)
+        if self.ledger.fits(need):
+            self.engine.submit(self._noise_spec())
+        for group in candidates[:MAX_CANDIDATES]:
+            late = any(r in LATE_EFFECT for r in group)
+            need += self.ledger.runs(self._most_steps(group, late))
+            if not self.ledger.fits(need + (0.0 if late else self.one_run)):
+                return
+            self.engine.submit(self._screen_spec(group, late))
+
     def _shortfall(self, late: bool, steps: int) -> str | None:
         """Why a screen of ``steps`` does not fit, in words; None when it does. A short
         screen leaves room for its verification run; a full-length one is its own."""
@@ -543,12 +595,6 @@ class Round:
             return None
         what = "this full-length screen needs" if late else "this screen and its verification need"
         return self.ledger.shortfall(need, what)
-
-    def _remedy_steps(self, candidate: Experiment) -> int:
-        """Optimizer steps the remedies spent while being applied (each change records its
-        own, e.g. a learning-rate range test), beyond the base experiment's changes."""
-        changes = candidate.meta.get("changes", [])[len(self.exp.meta.get("changes", [])) :]
-        return int(sum(c.get("steps", 0) for c in changes))
 
     # -- helpers --------------------------------------------------------------------------
 

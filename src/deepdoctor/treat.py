@@ -54,12 +54,13 @@ import math
 import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .checks import check_number
+from .checks import check_int, check_number
 from .experiment import Experiment
 from .findings import Finding, sort_findings
 from .results import Result
@@ -73,6 +74,7 @@ from .search import (
     metrics_of,
 )
 from .training import History, OptimizerSpec
+from .trials import engine_for
 
 __all__ = ["DEFAULT_BUDGET", "MAX_CANDIDATES", "STATUSES", "Treatment", "Trial", "treat"]
 
@@ -169,6 +171,9 @@ def treat(
     budget: float | None = None,
     remedies: list[str] | None = None,
     progress: bool = False,
+    workers: int | None = None,
+    ray: str | bool | None = None,
+    cache: str | Path | None = None,
 ) -> Treatment:
     """Diagnose, try the remedies the findings name on fresh copies, keep what is verified.
 
@@ -178,6 +183,13 @@ def treat(
     (then steps, seed, batch_size, loss_fn and optimizer, when given, override its own).
     budget: compute treat may spend, in runs of the untreated experiment (default 3).
     remedies: screen these (in this order, one round) instead of the ones the diagnosis names.
+    workers: run trials in this many local worker processes (spawned; the experiment's
+    builder, optimizer factory and loss must pickle: module-level functions, not lambdas).
+    ray: run trials on a Ray cluster: its address (``"host:port"``, ``"ray://host:10001"``,
+    ``"auto"``), or True for the Ray instance this process is connected to (else a local one).
+    cache: a directory where finished trials are kept, so that a treat interrupted (Ctrl-C)
+    and run again with the same cache does not rerun them (``deepdoctor.trials`` says what
+    the key covers). Results are the same to the last digit wherever trials run.
 
     >>> tr = treat(get_preset("sigmoid-mlp50-digits"))   # doctest: +SKIP
     >>> tr.applied, tr.before["val_accuracy"], tr.after["val_accuracy"]  # doctest: +SKIP
@@ -201,7 +213,11 @@ def treat(
             f"1.0 (one run of {exp.steps} steps); at least "
             f"{2 + 2 * SCREEN_FRACTION:.1f} lets treat screen and verify one remedy"
         )
-    return _treatment(Search(exp, budget, remedies=remedies, progress=progress).run())
+    if workers is not None:
+        workers = check_int("workers", workers, minimum=1)
+    with engine_for(exp, workers=workers, ray=ray, cache=cache) as engine:
+        search = Search(exp, budget, remedies=remedies, progress=progress, engine=engine)
+        return _treatment(search.run())
 
 
 def _override(

@@ -6,6 +6,7 @@ is rewritten with torch.fx when it can be traced; otherwise the remedy is a pres
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -86,7 +87,9 @@ def swap_activations(
 
 def _swap(name: str, kind: str, factory: Callable[[], nn.Module], code: str) -> Remedy:
     def apply(exp: Experiment, ctx: Context) -> Experiment:
-        return transform_model(exp, name, code, lambda m: swap_activations(m, kind, factory, name))
+        return transform_model(
+            exp, name, code, swap_activations, kind=kind, factory=factory, remedy=name
+        )
 
     return Remedy(name, "activation", f"replace saturating activations by {kind}", apply)
 
@@ -101,7 +104,7 @@ REMEDIES = [
     _swap(
         "leaky_relu_activation",
         "leaky_relu",
-        lambda: nn.LeakyReLU(0.01),
+        functools.partial(nn.LeakyReLU, 0.01),
         "# replace the activations by nn.LeakyReLU(0.01) in the model definition",
     ),
 ]

@@ -10,6 +10,7 @@ instead of skipping it silently.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,17 +64,79 @@ def record_change(exp: Experiment, remedy: str, code: str, **changes: Any) -> Ex
     return exp.replace(meta={**exp.meta, "changes": log}, **changes)
 
 
+class ModelTransform:
+    """One remedy's change to a built model, ``fn(model, **kwargs)`` with ``fn`` a
+    module-level function: so a treated experiment pickles (trials run in other processes)
+    and the change can be written out as a line of Python (``changes.py``)."""
+
+    def __init__(self, fn: Callable[..., nn.Module], **kwargs: Any) -> None:
+        self.fn = fn
+        self.kwargs = kwargs
+
+    def __call__(self, model: nn.Module) -> nn.Module:
+        return self.fn(model, **self.kwargs)
+
+    def code(self, imports: set[str]) -> str:
+        """``model = module.fn(model, key=value, ...)``, adding the modules it names to
+        ``imports``; a tensor argument (an example batch, read only for its shapes) is
+        written as zeros of its shape and dtype."""
+        args = "".join(f", {k}={python_literal(v, imports)}" for k, v in self.kwargs.items())
+        return f"model = {python_literal(self.fn, imports)}(model{args})"
+
+
+class TransformedBuilder:
+    """A builder whose fresh models get one more ``ModelTransform``: picklable, unlike a
+    closure, and readable back as the chain of changes (``transforms``)."""
+
+    def __init__(self, base: Callable[[], nn.Module], transform: ModelTransform) -> None:
+        self.base = base
+        self.transform = transform
+
+    def __call__(self) -> nn.Module:
+        return self.transform(self.base())
+
+    @property
+    def root(self) -> Callable[[], nn.Module]:
+        """The builder the user gave (or a capacity remedy resized), under every transform."""
+        return self.base.root if isinstance(self.base, TransformedBuilder) else self.base
+
+    @property
+    def transforms(self) -> list[ModelTransform]:
+        """The transforms in the order they are applied to a fresh model."""
+        earlier = self.base.transforms if isinstance(self.base, TransformedBuilder) else []
+        return [*earlier, self.transform]
+
+
+def python_literal(value: Any, imports: set[str]) -> str:
+    """Python source that rebuilds ``value``, adding the modules it names to ``imports``:
+    a tensor becomes zeros of its shape and dtype, a function or class its dotted name."""
+    if isinstance(value, torch.Tensor):
+        imports.add("torch")
+        return f"torch.zeros({tuple(value.shape)!r}, dtype={value.dtype})"
+    if isinstance(value, functools.partial):
+        imports.add("functools")
+        args = [python_literal(a, imports) for a in value.args]
+        args += [f"{k}={python_literal(v, imports)}" for k, v in value.keywords.items()]
+        return f"functools.partial({', '.join([python_literal(value.func, imports), *args])})"
+    if isinstance(value, type) or callable(value) and hasattr(value, "__qualname__"):
+        imports.add(value.__module__)
+        return f"{value.__module__}.{value.__qualname__}"
+    return repr(value)
+
+
 def transform_model(
-    exp: Experiment, remedy: str, code: str, fn: Callable[[nn.Module], nn.Module]
+    exp: Experiment,
+    remedy: str,
+    code: str,
+    fn: Callable[..., nn.Module],
+    /,
+    **kwargs: Any,
 ) -> Experiment:
-    """Wrap the builder so every fresh model gets ``fn`` applied; fail now if ``fn`` cannot."""
-    fn(exp.build())  # surfaces a Prescription (or a bug) before any training is spent
-    old = exp.model
-
-    def build() -> nn.Module:
-        return fn(old())
-
-    return record_change(exp, remedy, code, model=build)
+    """Wrap the builder so every fresh model gets ``fn(model, **kwargs)``; fail now if it
+    cannot. ``fn`` is a module-level function (see ``ModelTransform``)."""
+    transform = ModelTransform(fn, **kwargs)
+    transform(exp.build())  # surfaces a Prescription (or a bug) before any training is spent
+    return record_change(exp, remedy, code, model=TransformedBuilder(exp.model, transform))
 
 
 def set_submodule(root: nn.Module, path: str, new: nn.Module) -> None:

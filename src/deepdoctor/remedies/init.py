@@ -16,22 +16,22 @@ def dominant_activation(model: nn.Module) -> str:
     return max(set(kinds), key=kinds.count) if kinds else "relu"
 
 
+def reinit(model: nn.Module, init: str, remedy: str) -> nn.Module:
+    """Re-initialise the model's weight layers with ``init`` (its dominant activation's gain)."""
+    layers = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.RNNBase)
+    if not any(isinstance(m, layers) for m in model.modules()):
+        raise Prescription(
+            remedy,
+            "no Linear, Conv or recurrent layer to re-initialise; "
+            f"initialise your weight tensors with {init} by hand",
+        )
+    return init_weights(model, init, dominant_activation(model))
+
+
 def _reinit(name: str, init: str) -> Remedy:
     def apply(exp: Experiment, ctx: Context) -> Experiment:
-        def fn(model: nn.Module) -> nn.Module:
-            if not any(
-                isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.RNNBase))
-                for m in model.modules()
-            ):
-                raise Prescription(
-                    name,
-                    "no Linear, Conv or recurrent layer to re-initialise; "
-                    f"initialise your weight tensors with {init} by hand",
-                )
-            return init_weights(model, init, dominant_activation(model))
-
         code = f"deepdoctor.models.init_weights(model, {init!r})  # after building the model"
-        return transform_model(exp, name, code, fn)
+        return transform_model(exp, name, code, reinit, init=init, remedy=name)
 
     return Remedy(
         name, "init", f"re-initialise Linear/Conv/recurrent weights ({init}), biases to zero", apply

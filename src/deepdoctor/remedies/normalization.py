@@ -66,7 +66,10 @@ def _norm_remedy(name: str, kind: str, cls: str) -> Remedy:
             exp,
             name,
             f"# insert nn.{cls}(features) after each hidden Linear/Conv layer",
-            lambda m: insert_norms(m, ctx.example, kind, name),
+            insert_norms,
+            example=ctx.example,
+            kind=kind,
+            remedy=name,
         )
 
     return Remedy(

@@ -16,6 +16,7 @@ Settings come from the untreated run's evidence, not from fixed guesses:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -42,19 +43,28 @@ OptFactory = Callable[..., torch.optim.Optimizer]
 
 def base_factory(exp: Experiment) -> OptFactory:
     if exp.optimizer is None:
-        return lambda params: torch.optim.SGD(params, lr=DEFAULT_LR)
+        return functools.partial(torch.optim.SGD, lr=DEFAULT_LR)
     return exp.optimizer  # type: ignore[return-value]
 
 
-def scale_lr(factory: OptFactory, factor: float) -> OptFactory:
-    def make(params: object) -> torch.optim.Optimizer:
-        opt = factory(params)
+class ScaledLR:
+    """An optimizer factory whose rate is ``factor`` times its base factory's (a class, not
+    a closure, so a treated experiment pickles for trials in other processes)."""
+
+    def __init__(self, factory: OptFactory, factor: float) -> None:
+        self.factory = factory
+        self.factor = factor
+
+    def __call__(self, params: object) -> torch.optim.Optimizer:
+        opt = self.factory(params)
         for group in opt.param_groups:
-            group["lr"] = group["lr"] * factor
-        opt.defaults["lr"] = opt.defaults.get("lr", 0.0) * factor
+            group["lr"] = group["lr"] * self.factor
+        opt.defaults["lr"] = opt.defaults.get("lr", 0.0) * self.factor
         return opt
 
-    return make
+
+def scale_lr(factory: OptFactory, factor: float) -> OptFactory:
+    return ScaledLR(factory, factor)
 
 
 def _gradient_clipping(exp: Experiment, ctx: Context) -> Experiment:
@@ -154,13 +164,13 @@ def _adam(exp: Experiment, ctx: Context) -> Experiment:
                 "adam",
                 f"optimizer = torch.optim.Adam(model.parameters(), lr={lr:.4g})"
                 f"  # default {', '.join(changed)}",
-                optimizer=lambda params: torch.optim.Adam(params, lr=lr),
+                optimizer=functools.partial(torch.optim.Adam, lr=lr),
             )
     return record_change(
         exp,
         "adam",
         f"optimizer = torch.optim.Adam(model.parameters(), lr={ADAM_LR})",
-        optimizer=lambda params: torch.optim.Adam(params, lr=ADAM_LR),
+        optimizer=functools.partial(torch.optim.Adam, lr=ADAM_LR),
     )
 
 

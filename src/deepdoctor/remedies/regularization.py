@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -37,17 +39,26 @@ def _dropout(exp: Experiment, ctx: Context) -> Experiment:
     )
 
 
-def _weight_decay(exp: Experiment, ctx: Context) -> Experiment:
-    factory = base_factory(exp)
+class WithWeightDecay:
+    """An optimizer factory with weight decay set on every group (a class, so it pickles)."""
 
-    def make(params: object) -> torch.optim.Optimizer:
-        opt = factory(params)
+    def __init__(self, factory: Callable[..., torch.optim.Optimizer], decay: float) -> None:
+        self.factory = factory
+        self.decay = decay
+
+    def __call__(self, params: object) -> torch.optim.Optimizer:
+        opt = self.factory(params)
         for group in opt.param_groups:
-            group["weight_decay"] = WEIGHT_DECAY
+            group["weight_decay"] = self.decay
         return opt
 
+
+def _weight_decay(exp: Experiment, ctx: Context) -> Experiment:
     return record_change(
-        exp, "weight_decay", f"# pass weight_decay={WEIGHT_DECAY} to the optimizer", optimizer=make
+        exp,
+        "weight_decay",
+        f"# pass weight_decay={WEIGHT_DECAY} to the optimizer",
+        optimizer=WithWeightDecay(base_factory(exp), WEIGHT_DECAY),
     )
 
 

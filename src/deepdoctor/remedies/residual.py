@@ -233,7 +233,8 @@ def _apply(exp: Experiment, ctx: Context) -> Experiment:
         "# wrap each of the n same-width blocks: x = x + (g / n ** 0.5) * block(x),\n"
         "# g = nn.Parameter(torch.zeros(())) per block (deepdoctor.models.Residual(block, "
         "gated=True, gate_scale=n ** -0.5))",
-        lambda m: residuals_anywhere(m, ctx.example),
+        residuals_anywhere,
+        example=ctx.example,
     )
 
 
