@@ -8,14 +8,16 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
 import deepdoctor as dd
 from deepdoctor import training
-from deepdoctor.remedies import REMEDIES, Context
+from deepdoctor.remedies import REMEDIES, Context, apply_remedies
 from deepdoctor.remedies.base import Remedy, record_change
 from deepdoctor.treat import Treatment, treat
+from deepdoctor.treated_code import write_apply_files
 from deepdoctor.trials import TrialSpec, run_trial, trial_key
 
 
@@ -165,7 +167,7 @@ def test_an_interrupted_treat_keeps_the_best_verified_and_resumes_without_rerunn
 
     first = treat(slow_mlp(), remedies=remedies, cache=cache, budget=5)
     assert first.interrupted and first.applied == ["weight_decay"]
-    assert first.message.startswith("interrupted: keeping weight_decay, verified over the full")
+    assert "interrupted: keeping weight_decay, verified over the full run" in first.message
     assert first.after["val_accuracy"] > first.before["val_accuracy"] + 0.2
     # baseline, noise run, weight_decay (full run) and gradient_clipping (short screen)
     assert len(runs) == 4 and len(list(cache.glob("*.pkl"))) == 4
@@ -180,3 +182,122 @@ def test_an_interrupted_treat_keeps_the_best_verified_and_resumes_without_rerunn
         (t.remedies, t.metrics) for t in first.trials
     ]
     assert second.applied == ["weight_decay"] and second.after == first.after
+
+
+# -- what a user applies: changes.py, treated_model.pt, input_scaling.pt --------------------
+
+APPLY_CHECK = """
+import sys, torch
+from pathlib import Path
+import runpy
+for directory in sys.argv[1:]:
+    d = Path(directory)
+    ns = runpy.run_path(str(d / "changes.py"))
+    builder = torch.load(d / "builder.pt") if (d / "builder.pt").exists() else None
+    if builder is None:
+        model, fresh = ns["load_treated"](), ns["build_treated"]()
+    else:
+        try:
+            ns["build_treated"]()
+        except TypeError as exc:
+            (d / "refused.txt").write_text(str(exc))
+        make = lambda: __import__("deepdoctor").models.mlp(**builder)
+        model, fresh = ns["load_treated"](make), ns["build_treated"](make)
+    batch = torch.load(d / "batch.pt")
+    with torch.no_grad():
+        out = model(ns["prepare_inputs"](batch))
+    torch.save({"out": out, "fresh": fresh.state_dict()}, d / "check.pt")
+"""
+
+
+def apply_in_fresh_process(*directories: Path) -> None:
+    """Run each written changes.py in a new interpreter: load_treated() on a raw batch."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(dd.__file__).parents[1])}
+    cmd = [sys.executable, "-c", APPLY_CHECK, *map(str, directories)]
+    subprocess.run(cmd, check=True, env=env, cwd=directories[0], timeout=300)
+
+
+def trained_candidate(builder: Any, remedies: list[str]) -> tuple[dd.Experiment, dd.Experiment]:
+    """The untreated experiment (digits on the 0-16 pixel scale) and a treated one, trained."""
+    split = dd.data.load("digits")
+    exp = dd.Experiment(
+        builder,
+        (split.train[0] * 16, split.train[1]),
+        (split.val[0] * 16, split.val[1]),
+        optimizer=functools.partial(torch.optim.SGD, lr=0.1),
+        steps=20,
+        seed=3,
+    )
+    ctx = Context(example=exp.train[0][:8], grad_norms=np.ones(10))
+    return exp, apply_remedies(exp, remedies, ctx)
+
+
+def test_changes_py_rebuilds_the_treated_model_and_its_inputs_in_a_fresh_process(
+    in_process: Treatment, tmp_path: Path
+) -> None:
+    spec = dd.models.spec(
+        "mlp", in_features=64, n_classes=10, depth=3, width=32, activation="sigmoid"
+    )
+    many = ["standardize_inputs", "batch_norm", "leaky_relu_activation", "residual", "he_init"]
+    cases = {
+        "spec": (*trained_candidate(spec, [*many, "gradient_clipping"]), None),
+        "lambda": (
+            *trained_candidate(lambda: dd.models.mlp(64, 10, depth=2, width=16), ["layer_norm"]),
+            {"in_features": 64, "n_classes": 10, "depth": 2, "width": 16},
+        ),
+    }
+    models = {}
+    for name, (exp, treated, builder) in cases.items():
+        d = tmp_path / name
+        models[name] = treated.build()
+        treated.run(model=models[name])
+        write_apply_files(treated, models[name], d, f"case {name}")
+        torch.save(exp.val[0][:64], d / "batch.pt")  # raw inputs, as the user holds them
+        if builder is not None:
+            torch.save(builder, d / "builder.pt")
+    in_process.save(tmp_path / "treat")
+    torch.save(in_process.experiment.val[0][:64], tmp_path / "treat" / "batch.pt")
+    apply_in_fresh_process(*(tmp_path / n for n in [*cases, "treat"]))
+
+    for name, (_, treated, _) in cases.items():
+        check = torch.load(tmp_path / name / "check.pt")
+        with torch.no_grad():
+            expected = models[name].eval()(treated.val[0][:64])  # the scaled inputs it trained on
+        assert torch.equal(check["out"], expected)
+        initial = treated.build().state_dict()
+        assert all(torch.equal(check["fresh"][k], initial[k]) for k in initial)
+    assert (
+        "gradient_clipping: torch.nn.utils.clip_grad_norm_"
+        in (tmp_path / "spec" / "changes.py").read_text()
+    )
+    assert (
+        (tmp_path / "lambda" / "refused.txt")
+        .read_text()
+        .startswith("treat was given a builder of experiment that cannot be named here")
+    )
+    check = torch.load(tmp_path / "treat" / "check.pt")
+    with torch.no_grad():
+        assert torch.equal(check["out"], in_process.model.eval()(in_process.treated.val[0][:64]))
+
+
+def test_treatment_save_writes_the_files_the_cli_writes(
+    in_process: Treatment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from deepdoctor.cli import main
+    from deepdoctor.commands import treat as treat_command
+
+    monkeypatch.setattr(treat_command, "load_target", lambda target: exploding_mlp())
+    monkeypatch.setattr(treat_command, "treat", lambda *args, **kwargs: in_process)
+    main(["treat", "preset:unused", "--out", str(tmp_path / "cli")])
+    in_process.save(tmp_path / "api")
+    names = sorted(p.name for p in (tmp_path / "cli").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "api").iterdir())
+    assert {"changes.py", "treated_model.pt", "treatment.json", "report.html"} <= set(names)
+    for name in ("changes.py", "treatment.json"):
+        assert (tmp_path / "cli" / name).read_text() == (tmp_path / "api" / name).read_text()
+    cli, api = (torch.load(tmp_path / d / "treated_model.pt") for d in ("cli", "api"))
+    assert cli.keys() == api.keys() and all(torch.equal(cli[k], api[k]) for k in cli)

@@ -28,7 +28,7 @@ def load_target(target: str) -> Experiment:
     head, name = target.rsplit(":", 1)
     if head == "preset":
         try:
-            return get_preset(name)
+            return _named(get_preset(name), target)
         except UnknownPreset as exc:
             raise TargetError(str(exc)) from None
     path = Path(head)
@@ -51,4 +51,10 @@ def load_target(target: str) -> Experiment:
         raise TargetError(
             f"{path}:{name} returned {type(exp).__name__}, not a deepdoctor.Experiment"
         )
-    return exp
+    return _named(exp, f"{path.resolve()}:{name}")
+
+
+def _named(exp: Experiment, target: str) -> Experiment:
+    """The experiment with its TARGET in ``meta``: treat's changes.py rebuilds the model from
+    it (an absolute path for a file, so the script runs from any directory)."""
+    return exp.replace(meta={**exp.meta, "target": target})

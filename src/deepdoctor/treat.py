@@ -74,6 +74,7 @@ from .search import (
     metrics_of,
 )
 from .training import History, OptimizerSpec
+from .treated_code import write_apply_files
 from .trials import engine_for
 
 __all__ = ["DEFAULT_BUDGET", "MAX_CANDIDATES", "STATUSES", "Treatment", "Trial", "treat"]
@@ -122,6 +123,24 @@ class Treatment(Result):
             lines.append(f"# {change['remedy']}")
             lines.append(change["code"])
         return "\n".join(lines) + "\n"
+
+    def save(self, directory: str | Path) -> Path:
+        """Write report.html and treatment.json, and what a user applies: treated_model.pt
+        (``model``'s state_dict), changes.py (runnable: ``build_treated()``,
+        ``prepare_inputs(x)``, ``load_treated()``; see ``deepdoctor.treated_code``) and,
+        when standardize_inputs was kept, input_scaling.pt. Returns the report's path. The
+        CLI ``deepdoctor treat`` writes the same files (``write_files``)."""
+        return self.write_files(directory)[-1]
+
+    def write_files(self, directory: str | Path) -> list[Path]:
+        """Every file ``save`` writes, written; the report last (treatment.json in its place
+        when the HTML report's optional dependencies are missing)."""
+        directory = Path(directory)
+        written = write_apply_files(self.treated, self.model, directory, self.message)
+        try:
+            return [*written, directory / "treatment.json", super().save(directory)]
+        except ImportError:  # the HTML report is optional; Result.save wrote the JSON first
+            return [*written, directory / "treatment.json"]
 
     def to_dict(self) -> dict[str, Any]:
         def clean(d: dict[str, float]) -> dict[str, float | None]:

@@ -381,9 +381,12 @@ class TrialEngine:
         self._remote_trial = ray.remote(num_cpus=1)(run_trial)
 
     def close(self) -> None:
-        for pending in self._pending.values():
+        for pending in self._pending.values():  # trials run ahead that the search never used
             if isinstance(pending, Future):
                 pending.cancel()
+            elif self.ray is not None:
+                with contextlib.suppress(Exception):
+                    self.ray.cancel(pending)
         self._pending.clear()
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
 from rich.console import Console
 
 from ..report.terminal import print_before_after, print_findings, print_trials
@@ -34,23 +33,29 @@ def register(sub: Any) -> None:
         "state_dict and the snippet of changes (default deepdoctor-out/treat)",
     )
     p.add_argument("--json", type=Path, default=None, help="also write the Treatment JSON here")
+    p.add_argument(
+        "--workers", type=int, default=None, help="run trials in N local worker processes"
+    )
+    p.add_argument(
+        "--ray",
+        default=None,
+        metavar="ADDRESS",
+        help="run trials on the Ray cluster at ADDRESS (host:port, ray://host:10001, auto)",
+    )
+    p.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="directory of finished trials, so that a treat stopped by Ctrl-C and run again "
+        "does not rerun them (default OUT/trials)",
+    )
+    p.add_argument("--no-cache", action="store_true", help="keep no trial cache")
     p.set_defaults(func=run)
 
 
 def save_outputs(tr: Treatment, out: Path) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    model_path = out / "treated_model.pt"
-    torch.save(tr.model.state_dict(), model_path)
-    snippet = out / "changes.py"
-    snippet.write_text(tr.snippet())
-    written += [model_path, snippet]
-    try:
-        written.append(tr.save(out))
-    except ImportError:  # the HTML report is optional for the JSON and model outputs
-        (out / "treatment.json").write_text(json.dumps(tr.to_dict(), indent=1))
-        written.append(out / "treatment.json")
-    return written
+    """The files Treatment.save writes: the same, from the same code."""
+    return tr.write_files(out)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,7 +63,16 @@ def run(args: argparse.Namespace) -> int:
     exp = load_target(args.target)
     if args.steps is not None:
         exp = exp.replace(steps=args.steps)
-    tr = treat(exp, budget=args.budget, seed=args.seed, progress=True)
+    cache = None if args.no_cache else (args.cache or args.out / "trials")
+    tr = treat(
+        exp,
+        budget=args.budget,
+        seed=args.seed,
+        progress=True,
+        workers=args.workers,
+        ray=args.ray,
+        cache=cache,
+    )
     console.print(f"[bold]treat[/] {exp.name}: {tr.message}", highlight=False)
     data = tr.to_dict()
     print_trials(data["trials"], console, metric=(data.get("scoring") or {}).get("metric"))

@@ -54,13 +54,21 @@ class Remedy:
     cost: Callable[[Experiment], int] = lambda exp: 0
 
 
-def record_change(exp: Experiment, remedy: str, code: str, **changes: Any) -> Experiment:
-    """A copy of ``exp`` with ``changes`` and one more line in its changes log.
+def record_change(
+    exp: Experiment,
+    remedy: str,
+    code: str,
+    *,
+    record: dict[str, Any] | None = None,
+    **changes: Any,
+) -> Experiment:
+    """A copy of ``exp`` with ``changes`` and one more entry in its changes log.
 
     ``code`` is the line of Python a user would write to make the same change by hand; the
-    CLI gathers these into the snippet it saves next to the treated model.
+    CLI gathers these into the snippet it saves next to the treated model. ``record`` adds
+    what the written ``changes.py`` needs (standardize_inputs: the ``inputs`` mean and std).
     """
-    log = list(exp.meta.get("changes", [])) + [{"remedy": remedy, "code": code}]
+    log = list(exp.meta.get("changes", [])) + [{"remedy": remedy, "code": code, **(record or {})}]
     return exp.replace(meta={**exp.meta, "changes": log}, **changes)
 
 
@@ -136,7 +144,8 @@ def transform_model(
     cannot. ``fn`` is a module-level function (see ``ModelTransform``)."""
     transform = ModelTransform(fn, **kwargs)
     transform(exp.build())  # surfaces a Prescription (or a bug) before any training is spent
-    return record_change(exp, remedy, code, model=TransformedBuilder(exp.model, transform))
+    builder = TransformedBuilder(exp.model, transform)
+    return record_change(exp, remedy, code, record={"transform": transform}, model=builder)
 
 
 def set_submodule(root: nn.Module, path: str, new: nn.Module) -> None:

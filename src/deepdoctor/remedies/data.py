@@ -48,6 +48,7 @@ def _standardize(exp: Experiment, ctx: Context) -> Experiment:
         "standardize_inputs",
         "mean, std = X_train.mean(0), X_train.std(0).clamp_min(1e-6); "
         "X = (X - mean) / std  # train statistics, for train and val",
+        record={"inputs": {"mean": mean, "std": std}},
         train=((X - mean) / std, y),
         val=val,
     )
