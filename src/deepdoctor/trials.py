@@ -45,6 +45,7 @@ from typing import Any, Literal
 
 import torch
 
+from .batch import Inputs
 from .experiment import Experiment
 from .remedies import Context, Prescription, apply_remedies
 from .scoring import metrics_of
@@ -197,9 +198,9 @@ def _data_identity(data: Any) -> Iterator[Any]:
         dataset = getattr(data, "dataset", None)
         size = len(dataset) if dataset is not None and hasattr(dataset, "__len__") else None
         yield (type(dataset).__qualname__, size)
-        yield from (_tensor_bytes(t) for t in loader_tensors(data, 1))
+        yield from _value_identity(loader_tensors(data, 1))
     else:
-        yield from (_tensor_bytes(t) for t in data)
+        yield from _value_identity(data)
 
 
 def _optimizer_identity(exp: Experiment, model: torch.nn.Module) -> Iterator[Any]:
@@ -216,9 +217,26 @@ def _context_identity(ctx: Context | None) -> Iterator[Any]:
     if ctx is None:
         yield None
         return
-    yield _tensor_bytes(ctx.example)
+    yield from _value_identity(ctx.example)
     yield (ctx.base_lr, ctx.update_ratio, sorted(ctx.kinds), ctx.class_counts)
     yield ctx.grad_norms.tobytes()
+
+
+def _value_identity(value: Any) -> Iterator[Any]:
+    """Tensors as their bytes, through tuples, lists, dicts and a batch's ``Inputs``."""
+    if isinstance(value, torch.Tensor):
+        yield _tensor_bytes(value)
+    elif isinstance(value, Inputs):
+        yield from _value_identity((value.args, value.kwargs))
+    elif isinstance(value, tuple | list):
+        for v in value:
+            yield from _value_identity(v)
+    elif isinstance(value, dict):
+        for k in sorted(value, key=str):
+            yield k
+            yield from _value_identity(value[k])
+    else:
+        yield repr(value)
 
 
 def _tensor_bytes(t: torch.Tensor) -> bytes:
