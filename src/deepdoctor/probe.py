@@ -167,6 +167,10 @@ class Probe:
             facts=RunFacts(frozen_parameters=frozen, every=every),
         )
         self._tally = TargetTally()
+        # optimizer -> (its parameter lists' ids and lengths, whether it steps this model)
+        self._owned: weakref.WeakKeyDictionary[torch.optim.Optimizer, tuple[Any, bool]] = (
+            weakref.WeakKeyDictionary()
+        )
         self._handles: list[Any] = []
         self._step = 0
         self._forward_in_step = False
@@ -238,9 +242,16 @@ class Probe:
         self._active = False
 
     def _owns(self, opt: torch.optim.Optimizer) -> bool:
-        # Runs at every step of every optimizer in the process: keep it in C.
+        # Runs twice at every step of every optimizer in the process: the answer is kept
+        # while the optimizer's parameter lists are the same lists of the same lengths.
+        groups = tuple((id(g["params"]), len(g["params"])) for g in opt.param_groups)
+        known = self._owned.get(opt)
+        if known is not None and known[0] == groups:
+            return known[1]
         ids = map(id, itertools.chain.from_iterable(g["params"] for g in opt.param_groups))
-        return not self._index.ids.isdisjoint(ids)
+        owns = not self._index.ids.isdisjoint(ids)
+        self._owned[opt] = (groups, owns)
+        return owns
 
     # -- what the user (or the training loop) tells the probe ----------------------------
 

@@ -33,6 +33,7 @@ Statistics that do not apply to an activation are NaN.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -225,26 +226,52 @@ def norms(tensors: Sequence[torch.Tensor]) -> list[float]:
 
 
 def norms_and(
-    tensors: Sequence[torch.Tensor], also: Sequence[torch.Tensor]
+    tensors: Sequence[torch.Tensor],
+    also: Sequence[torch.Tensor],
+    tiny: set[int] | None = None,
 ) -> tuple[list[float], list[float]]:
-    """``norms(tensors)``, and the 0-dim float64 tensors ``also`` read in the same host sync."""
+    """``norms(tensors)``, and the 0-dim float64 tensors ``also`` read in the same host sync.
+
+    ``tiny``: for a caller that reads the same tensors step after step, the positions whose
+    norm was below ``TINY_NORM`` the last time; they are read in float64 straight away (a
+    vanishing layer stays vanishing, so a steady run does no second pass), and the set is
+    brought up to date in place. Every value is the same either way.
+    """
     if not tensors:
         if not also:
             return [], []
         device = also[0].device
         return [], torch.stack([t.to(device) for t in also]).tolist()
-    norm32 = torch.stack(torch._foreach_norm(list(tensors))).float()
+    n = len(tensors)
+    exact = sorted(i for i in tiny if i < n) if tiny else []
+    fast = [i for i in range(n) if i not in tiny] if exact and tiny else range(n)
+    parts = []
+    if len(fast):
+        chosen = tensors if len(fast) == n else [tensors[i] for i in fast]
+        parts.append(torch.stack(torch._foreach_norm(list(chosen))).float())
+    if exact:
+        wide = torch._foreach_norm([tensors[i] for i in exact], 2, dtype=torch.float64)
+        parts.append(torch.stack(wide).to(parts[0].device if parts else wide[0].device))
+    device = parts[0].device
     if also:
-        device = norm32.device
-        both = torch.cat([norm32.double(), torch.stack([t.to(device) for t in also])]).tolist()
-        values, extra = both[: len(tensors)], both[len(tensors) :]
+        parts.append(torch.stack([t.to(device) for t in also]))
+    joined = torch.cat([t.double() for t in parts]) if len(parts) > 1 else parts[0]
+    read = joined.tolist()
+    if len(fast) == n:
+        values = read[:n]
     else:
-        values, extra = norm32.tolist(), []
-    tiny = [i for i, v in enumerate(values) if v < TINY_NORM]  # NaN compares False: stays
-    if tiny:
-        exact = torch._foreach_norm([tensors[i] for i in tiny], 2, dtype=torch.float64)
-        for i, v in zip(tiny, torch.stack(exact).tolist(), strict=True):
+        values = [0.0] * n
+        for k, i in enumerate(itertools.chain(fast, exact)):
+            values[i] = read[k]
+    extra = read[n:]
+    recount = [i for i in fast if values[i] < TINY_NORM]  # NaN compares False: stays
+    if recount:
+        wide = torch._foreach_norm([tensors[i] for i in recount], 2, dtype=torch.float64)
+        for i, v in zip(recount, torch.stack(wide).tolist(), strict=True):
             values[i] = v
+    if tiny is not None:
+        tiny.difference_update(i for i in exact if not values[i] < TINY_NORM)
+        tiny.update(recount)
     return values, extra
 
 
@@ -310,9 +337,17 @@ def unit_fractions(
         dead = (peak <= 0).float().mean()
     if kind in SATURATING_BOUNDS:
         lo, hi = SATURATING_BOUNDS[kind]
-        margin = SATURATION_MARGIN * (hi - lo)
-        sat = ((x < lo + margin) | (x > hi - margin)).float().mean()
+        # outside (lo + margin, hi - margin) = farther than that from the middle: four
+        # tensor operations instead of five, no boolean tensors (this runs per module)
+        mid, reach = (lo + hi) / 2, (hi - lo) / 2 - SATURATION_MARGIN * (hi - lo)
+        far = x.abs() if mid == 0 else (x - mid).abs_()
+        sat = far.gt_(reach).mean()
     return dead, sat
+
+
+def _float(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as float32 (itself when it is: ``Tensor.float()`` is a call per module)."""
+    return x if x.dtype == torch.float32 else x.float()
 
 
 def input_stats(x: torch.Tensor) -> torch.Tensor | None:
@@ -417,6 +452,8 @@ class ParameterIndex:
         self.layer_of = [i for _, i, _ in flat]
         self.bias = [b for _, _, b in flat]
         self.ids = {id(p) for p in self.params}
+        # positions in [*gradients, *params] whose norm was tiny last step (see norms_and)
+        self._tiny: set[int] = set()
 
     def reorder(self, names: Sequence[str]) -> None:
         self.layer_params = {n: self.layer_params[n] for n in names}
@@ -445,7 +482,7 @@ class ParameterIndex:
             present = [j for j, g in enumerate(grads) if g is not None]
             live = [g for g in grads if g is not None]
             with torch.no_grad():
-                values = norms([*live, *self.params])
+                values = norms_and([*live, *self.params], [], self._tiny)[0]
             grad_values = values[: len(present)]
             squares = {j: v * v for j, v in zip(present, grad_values, strict=True)}
             weight_values = values[len(present) :]
@@ -559,7 +596,7 @@ class ForwardWalk:
             self._ran.add(name)
             res.order.append(name)
             if isinstance(out, torch.Tensor) and out.is_floating_point():
-                self._outputs[name] = self._keep(out.detach().float())
+                self._outputs[name] = self._keep(_float(out.detach()))
             return
         act = self._act_of.get(module)
         if act is None or not isinstance(output, torch.Tensor):
@@ -573,7 +610,7 @@ class ForwardWalk:
         res.act_sources[aname] = src
         conv_like = isinstance(self._layers.get(src or ""), CHANNEL_FIRST_TYPES)
         # activation_stats, its tensors kept apart until read() (detached: no graph)
-        x = output.detach().float()
+        x = _float(output.detach())
         self._acts[aname] = self._keep(x, *unit_fractions(x, kind, conv_like))
 
     def _keep(self, x: torch.Tensor, *more: torch.Tensor | None) -> tuple[int, ...]:
