@@ -41,11 +41,12 @@ class Bench:
     build: Callable[[], nn.Module]
     X: torch.Tensor
     y: torch.Tensor
+    block: int = 16  # steps per timed block: one sampling period of the default Probe
 
 
-def pin_threads() -> None:
-    torch.set_num_threads(1)
-    torch.set_num_interop_threads(1)
+def pin_threads(threads: int = 1) -> None:
+    torch.set_num_threads(threads)
+    torch.set_num_interop_threads(threads)
 
 
 def benches() -> list[Bench]:
@@ -74,6 +75,12 @@ def benches() -> list[Bench]:
             init="he",
         )
 
+    def small() -> nn.Module:
+        # small steps (~4 ms): the Probe's per-tensor and per-module costs show most here;
+        # Xavier init keeps the first layers' gradients tiny (~1e-33) but not subnormal
+        torch.manual_seed(0)
+        return dd.models.mlp(64, CLASSES, depth=50, width=64, activation="sigmoid", init="xavier")
+
     def transformer() -> nn.Module:
         torch.manual_seed(0)
         return dd.models.transformer(128, CLASSES, depth=6, width=256, heads=4, in_features=16)
@@ -92,6 +99,14 @@ def benches() -> list[Bench]:
             cnn,
             torch.randn(32, 3, 32, 32, generator=g),
             labels(32),
+        ),
+        Bench(
+            "small",
+            "MLP 50 x 64, sigmoid, Xavier, batch 64",
+            small,
+            torch.randn(64, 64, generator=g),
+            labels(64),
+            block=128,  # 8 sampling periods: a block of 16 such steps is too short to time
         ),
         Bench(
             "transformer",

@@ -1,36 +1,45 @@
 """Probe overhead: step time with ``dd.Probe`` over step time without it, side by side.
 
-Three models (see ``_timing.benches``): an MLP of 50 layers of width 512, a ResNet-style CNN
-of 20 conv layers on 32x32 inputs, and a transformer encoder of 6 layers of width 256 on
-sequences of 128. Each trains with plain SGD in a user's own loop: without the Probe, with
+Four models (see ``_timing.benches``): an MLP of 50 layers of width 512, a ResNet-style CNN
+of 20 conv layers on 32x32 inputs, a transformer encoder of 6 layers of width 256 on
+sequences of 128, and a small-step MLP of 50 sigmoid layers of width 64 (blocks of 128
+steps). Each trains with plain SGD in a user's own loop: without the Probe, with
 ``dd.Probe(model)`` at its default settings (norms every step, activation statistics every
 16th step), and with ``dd.Probe(model, every=1)`` (full statistics every step). Runs are
 interleaved in rounds of 16 steps each (one sampling period); the ratio is the median over
 rounds of (watched block time / plain block time of the same round), in CPU time (this
 process and its children), with the wall-clock ratio in brackets. A second plain copy timed
 the same way gives the noise: its ratio would be 1.000 on a quiet machine. Torch runs with one
-thread (see ``_timing``). Target: at most 1.05 at default settings.
+thread (see ``_timing``) unless ``--threads`` says otherwise (0: torch's default count).
+Target: at most 1.05 at default settings; at most 1.15 for the small-step MLP.
 
-    .venv/bin/python benchmarks/probe_overhead.py [--rounds 7] [--models mlp cnn transformer]
+    .venv/bin/python benchmarks/probe_overhead.py [--rounds 7] [--threads 1]
+        [--models mlp cnn transformer small]
 """
 
 from __future__ import annotations
 
 import argparse
 
+import torch
 from _timing import benches, interleaved, pin_threads, plain_runner, probe_runner, table
-
-BLOCK = 16  # steps per timed block: one sampling period of the default Probe
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7, help="timed rounds per model")
     parser.add_argument("--quick", action="store_true", help="3 rounds")
-    parser.add_argument("--models", nargs="+", default=["mlp", "cnn", "transformer"])
+    parser.add_argument(
+        "--models", nargs="+", default=["mlp", "cnn", "transformer", "small"], help="of _timing"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (0: torch's default count)"
+    )
     args = parser.parse_args()
     rounds = 3 if args.quick else args.rounds
-    pin_threads()
+    if args.threads:
+        pin_threads(args.threads)
+    print(f"torch threads: {torch.get_num_threads()}", flush=True)
     rows = []
     for bench in benches():
         if bench.name not in args.models:
@@ -41,7 +50,7 @@ def main() -> None:
             "default": probe_runner(bench),
             "every=1": probe_runner(bench, every=1),
         }
-        t = interleaved(runners, BLOCK, rounds)
+        t = interleaved(runners, bench.block, rounds)
         rows.append(
             [
                 bench.describe,
