@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 
@@ -793,14 +794,20 @@ def test_capacity_doubles_or_halves_the_width_of_a_spec(digits: dd.data.Split) -
     )
 
 
-def test_capacity_without_a_spec_or_room_is_a_prescription(digits: dd.data.Split) -> None:
+def test_capacity_without_a_spec_widens_through_fx_and_without_room_is_a_prescription(
+    digits: dd.data.Split,
+) -> None:
     exp = experiment(digits, lambda: dd.models.mlp(64, 10))
-    with pytest.raises(Prescription, match="not built from deepdoctor.models.spec") as info:
-        apply_remedies(exp, ["more_capacity"], context(digits))
-    assert info.value.instructions.startswith("double the width of the hidden layers")
+    wider = apply_remedies(exp, ["more_capacity"], context(digits)).build()
+    width = inspect.signature(dd.models.mlp).parameters["width"].default
+    count = sum(p.numel() for p in dd.models.mlp(64, 10, width=2 * width).parameters())
+    assert sum(p.numel() for p in wider.parameters()) == count  # as if built twice as wide
     tiny = experiment(digits, dd.models.spec("mlp", in_features=64, n_classes=10, width=4))
     with pytest.raises(Prescription, match="width 4 cannot shrink further"):
         apply_remedies(tiny, ["less_capacity"], context(digits))
+    linear = experiment(digits, lambda: torch.nn.Linear(64, 10))
+    with pytest.raises(Prescription, match="no hidden width can be doubled automatically"):
+        apply_remedies(linear, ["more_capacity"], context(digits))
 
 
 # -- every remedy ---------------------------------------------------------------------------

@@ -32,6 +32,12 @@ IMPROVING_INFO = 0.1  # the last quarter brought 10% of the run's improvement ..
 IMPROVING_MIN_DROP = 0.05  # ... and cut the loss by 5% of its level: still falling
 IMPROVING_DROP = 0.1  # cut by 10%: clearly falling, another quarter would gain as much
 LAST_PART = 0.25  # "the end of the run": its last quarter
+# The last quarter's drop must also stand out of the curve's own noise: more than this many
+# standard deviations of a difference of two evaluations (the noise estimated from the
+# curve's second differences, ``curve_noise``), so a flat but jittery curve is not "falling".
+IMPROVING_NOISE_SIGMAS = 3.0
+MAD_TO_SIGMA = 1.4826  # a robust standard deviation from a median absolute deviation
+MIN_NOISE_POINTS = 5  # second differences need a few points to say anything
 MIN_VAL_EVALS = 3  # overfitting needs a best validation loss and later ones to compare
 MIN_CURVE_POINTS = 4  # a loss curve of fewer points has no last quarter to read
 
@@ -64,21 +70,39 @@ def improvement_share(steps: np.ndarray, values: np.ndarray) -> tuple[float, flo
     return share, rel
 
 
+def curve_noise(values: np.ndarray) -> float:
+    """The noise of one point of a loss curve: a robust standard deviation of its second
+    differences (whose variance is 6 sigma^2 for independent noise; a smooth curve's own
+    bend is nearly constant over a few points and the median takes it out). 0 when too
+    short to tell."""
+    if len(values) < MIN_NOISE_POINTS:
+        return 0.0
+    d2 = np.diff(values, n=2)
+    return float(MAD_TO_SIGMA * np.median(np.abs(d2 - np.median(d2))) / math.sqrt(6))
+
+
 def detect(trace: Trace) -> list[Finding]:
     findings = _overfitting(trace)
     steps, values, source = _curve(trace)
     if len(values) == 0 or stopped_early(trace):
         return findings
     share, rel = improvement_share(steps, values)
-    improving = share > IMPROVING_INFO and rel > IMPROVING_MIN_DROP
+    noise = curve_noise(values)
+    above_noise = _last_quarter_drop(steps, values) > IMPROVING_NOISE_SIGMAS * math.sqrt(2) * noise
+    improving = share > IMPROVING_INFO and rel > IMPROVING_MIN_DROP and above_noise
     if improving and not findings:
-        findings += _still_improving(share, rel, source)
+        findings += _still_improving(share, rel, source, noise)
     if share < PLATEAU_SHARE or not improving:
         findings += _underfitting(trace, share)
     return findings
 
 
-def _still_improving(share: float, rel: float, source: str) -> list[Finding]:
+def _last_quarter_drop(steps: np.ndarray, values: np.ndarray) -> float:
+    t_q = steps[0] + (1 - LAST_PART) * (steps[-1] - steps[0])
+    return float(np.interp(t_q, steps, values)) - float(values[-1])
+
+
+def _still_improving(share: float, rel: float, source: str, noise: float) -> list[Finding]:
     severe = rel > IMPROVING_DROP
     return [
         Finding(
@@ -93,6 +117,8 @@ def _still_improving(share: float, rel: float, source: str) -> list[Finding]:
                 "threshold": IMPROVING_DROP,
                 "last_quarter_drop": round_sig(rel),
                 "curve": source,
+                "curve_noise": round_sig(noise),
+                "noise_sigmas": IMPROVING_NOISE_SIGMAS,
             },
             remedies=["train_longer", "raise_lr"],
         )

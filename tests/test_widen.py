@@ -1,0 +1,101 @@
+"""more_capacity / less_capacity on models deepdoctor did not build (torch.fx analysis)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import deepdoctor as dd
+from deepdoctor.remedies import Context, Prescription, apply_remedies
+from deepdoctor.remedies.widen import hidden_pairs, resize_hidden
+
+
+class FunctionalMLP(nn.Module):
+    """A user's model: functional ReLUs, a batch norm between, He-initialised, std 0.3 head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.bn1 = nn.Linear(10, 32), nn.BatchNorm1d(32)
+        self.fc2, self.fc3 = nn.Linear(32, 16), nn.Linear(16, 3)
+        for fc in (self.fc1, self.fc2):
+            nn.init.kaiming_normal_(fc.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn1(self.fc1(x)))
+        x = torch.relu(self.fc2(x))
+        return self.fc3(x)
+
+
+class Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.block, self.out = nn.Linear(10, 16), nn.Linear(16, 16), nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x)
+        h = h + F.relu(self.block(h))  # the sum pins the width of inp and block
+        return self.out(h)
+
+
+class DataDependent(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(10, 8), nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc1(x)
+        if h.sum() > 0:  # fx cannot trace a branch on a tensor's value
+            h = F.relu(h)
+        return self.fc2(h)
+
+
+def _params(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def test_doubling_widens_every_hidden_pair_and_keeps_the_interface() -> None:
+    torch.manual_seed(0)
+    model = FunctionalMLP()
+    changed = resize_hidden(model, 2)
+    assert changed == [("fc1", 32, 64), ("fc2", 16, 32)]
+    assert (model.fc1.out_features, model.bn1.num_features) == (64, 64)
+    assert (model.fc2.in_features, model.fc2.out_features, model.fc3.in_features) == (64, 32, 32)
+    # counted by hand: fc1 10*64+64, bn1 2*64, fc2 64*32+32, fc3 32*3+3
+    assert _params(model) == (10 * 64 + 64) + 2 * 64 + (64 * 32 + 32) + (32 * 3 + 3)
+    assert model(torch.randn(5, 10)).shape == (5, 3)
+
+
+def test_new_weights_keep_the_users_initialisation_scale() -> None:
+    torch.manual_seed(0)
+    model, before = FunctionalMLP(), FunctionalMLP()
+    before.load_state_dict(model.state_dict())
+    resize_hidden(model, 2)
+    # fc1 keeps its fan-in: the same std; fc2's fan-in doubled: std / sqrt(2)
+    assert float(model.fc1.weight.std()) == pytest.approx(float(before.fc1.weight.std()), rel=0.1)
+    expected = float(before.fc2.weight.std()) / 2**0.5
+    assert float(model.fc2.weight.std()) == pytest.approx(expected, rel=0.1)
+
+
+def test_a_residual_sum_pins_the_widths_it_adds() -> None:
+    assert [(p.producer, p.consumer) for p in hidden_pairs(Residual())] == []
+
+
+def test_more_capacity_on_a_users_model_trains_the_wider_copy() -> None:
+    torch.manual_seed(0)
+    X, y = torch.randn(128, 10), torch.randint(0, 3, (128,))
+    exp = dd.Experiment(FunctionalMLP, (X, y), steps=3)
+    ctx = Context(example=X[:8])
+    wider = apply_remedies(exp, ["more_capacity"], ctx)
+    assert wider.build().fc1.out_features == 64 and exp.build().fc1.out_features == 32
+    assert "fc1: 32 -> 64 units" in wider.meta["changes"][-1]["code"]
+    narrower = apply_remedies(exp, ["less_capacity"], ctx)
+    assert narrower.build().fc2.out_features == 8
+    assert len(wider.run().loss) == 3
+
+
+def test_a_model_fx_cannot_trace_gets_a_prescription_that_says_so() -> None:
+    exp = dd.Experiment(DataDependent, (torch.randn(32, 10), torch.randint(0, 3, (32,))))
+    with pytest.raises(Prescription, match="torch.fx could not trace the model"):
+        apply_remedies(exp, ["more_capacity"], Context(example=torch.randn(4, 10)))
