@@ -11,7 +11,7 @@ import pytest
 
 import deepdoctor as dd
 from deepdoctor.detectors import activations, data, fit, gradients, loss
-from deepdoctor.findings import KINDS, REMEDIES
+from deepdoctor.findings import KINDS, REMEDIES, Finding
 from deepdoctor.trace import RunFacts, Trace
 
 
@@ -281,6 +281,20 @@ def test_still_improving_when_the_last_quarter_keeps_falling() -> None:
     assert f.evidence["last_quarter_drop"] == pytest.approx(0.5)
 
 
+def test_a_last_quarter_drop_within_the_curves_own_noise_is_not_still_improving() -> None:
+    # falls, then jitters between 0.45 and 0.75: the last quarter's 0.29 "drop" (18% of the
+    # run's improvement, 39% of its level: still_improving by the share rule alone) is one
+    # swing of that jitter
+    jitter = [2.0, 1.0, 0.6, 0.5, 0.68, 0.45, 0.66, 0.75, 0.72, 0.6, 0.45]
+    trace = _with_evals(make_trace(), jitter, jitter)
+    assert "still_improving" not in {f.kind for f in fit.detect(trace)}
+    # the same level of fall on a smooth curve is
+    smooth = [2.0, 1.7, 1.45, 1.25, 1.08, 0.94, 0.82, 0.72, 0.63, 0.55, 0.48]
+    (f,) = fit.detect(_with_evals(make_trace(), smooth, smooth))
+    assert f.kind == "still_improving"
+    assert f.evidence["curve_noise"] < 0.01 and f.evidence["noise_sigmas"] == 3.0
+
+
 def test_underfitting_is_a_poor_plateau() -> None:
     trace = _with_evals(
         make_trace(facts={"n_classes": 4, "task": "classification"}),
@@ -369,6 +383,23 @@ def test_a_gradient_jump_in_time_is_not_explained_by_a_bad_init_loss() -> None:
         and "jump" in by_kind["exploding_gradients"].evidence
     )
     assert by_kind["exploding_gradients"].caused_by is None
+
+
+def test_a_nan_that_ends_an_earlier_blow_up_is_folded_under_diverging_loss() -> None:
+    from deepdoctor.detectors.causes import fold_consequences
+
+    def pair(nan_step: int, blowup_step: int) -> dict[str, Finding]:
+        nan = Finding("nonfinite", "critical", "NaN", evidence={"step": nan_step})
+        blowup = Finding("diverging_loss", "critical", "up", evidence={"step": blowup_step})
+        return {f.kind: f for f in fold_consequences([nan, blowup])}
+
+    folded = pair(nan_step=12, blowup_step=9)
+    assert folded["nonfinite"].caused_by == "diverging_loss"
+    assert folded["nonfinite"].severity == "info"
+    assert folded["diverging_loss"].evidence["explains"] == ["nonfinite"]
+    # a NaN at the step the loss peaked, or before, is its own problem
+    assert pair(nan_step=9, blowup_step=9)["nonfinite"].caused_by is None
+    assert pair(nan_step=3, blowup_step=9)["nonfinite"].is_problem
 
 
 def test_every_row_of_the_causes_table_names_real_kinds() -> None:

@@ -90,3 +90,12 @@ def test_the_noise_margin_of_a_run_that_blew_up_at_every_seed_is_the_minimum_gai
     assert spread == pytest.approx(MAD_TO_SIGMA * 0.01) and margin == pytest.approx(
         0.01 * 2 * MAD_TO_SIGMA
     )
+
+
+def test_a_short_screen_needs_only_the_minimum_gain_over_the_trivial_predictor() -> None:
+    g = torch.Generator().manual_seed(1)
+    X, y = torch.randn(300, 4, generator=g), torch.randint(0, 3, (300,), generator=g)
+    sc = scoring_for(Experiment(lambda: nn.Linear(4, 3), (X, y), (X, y)))
+    early = sc.trivial + 0.015  # the stalled transformer's raise_lr screen: 0.2975 vs 0.281
+    assert sc.beats_trivial(early, screen=True) and not sc.beats_trivial(early)
+    assert not sc.beats_trivial(sc.trivial, screen=True)  # a flip to the majority share

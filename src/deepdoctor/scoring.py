@@ -102,7 +102,11 @@ class Scoring:
             return self.trivial + TRIVIAL_MARGIN_ACCURACY
         return self.trivial + TRIVIAL_MARGIN_LOSS * abs(self.trivial)
 
-    def beats_trivial(self, score: float) -> bool:
+    def beats_trivial(self, score: float, screen: bool = False) -> bool:
+        """Above the trivial predictor by a real margin; a short screen, still early in its
+        run, only by the minimum gain (the full run must clear the whole margin)."""
+        if screen and math.isfinite(self.trivial):
+            return score > self.trivial + self.min_gain(self.trivial)
         return score > self.trivial_bar()
 
     def to_dict(self) -> dict[str, Any]:

@@ -35,6 +35,8 @@ CLIP_MOST_STEPS = 0.5
 MAX_ROUNDS = 3  # greedy rounds: treat the treated experiment for what remains
 # A next round needs its noise run, one screen and one verification (in runs of its own).
 NEXT_ROUND_MINIMUM = 1.0 + 2 * SCREEN_FRACTION
+# The third noise seed runs only when this many screens and a verification still fit after it.
+SCREENS_AFTER_NOISE = 3
 # Past the step where the untreated run blew up, a screen runs this fraction further.
 PAST_BLOWUP = 0.05
 # Sums of step fractions carry float rounding: a run that fits exactly is not refused.
@@ -351,10 +353,16 @@ class Round:
         the noise margin a candidate must beat (``scoring.noise_margin``)."""
         min_gain = self.scoring.min_gain(self.base_score)
         self.noise_samples = [self.scoring.at(self.base.history, self.screen_steps)]
+        screen = self.ledger.runs(self.screen_steps)
         for offset in (1, 2):
-            if offset == 2 and not needs_another_seed(self.noise_samples, min_gain):
+            if offset == 2 and not (
+                needs_another_seed(self.noise_samples, min_gain)
+                # a third seed only while it leaves room to screen and verify: otherwise
+                # the margin would be robust and nothing left to judge with it
+                and self.ledger.fits(screen * (1 + SCREENS_AFTER_NOISE) + self.one_run)
+            ):
                 break
-            if not self.ledger.fits(self.ledger.runs(self.screen_steps)):
+            if not self.ledger.fits(screen):
                 break
             other = self.engine.result(self._noise_spec(offset)).history
             assert other is not None  # catch=False: a run that failed raised
@@ -507,7 +515,8 @@ class Round:
             self.scoring.of(metrics),
             self.scoring.at(self.base.history, result.steps),
         )
-        why_not = self._why_not(score, baseline_score, full_run[1].findings if full_run else None)
+        probed = full_run[1].findings if full_run else None
+        why_not = self._why_not(score, baseline_score, probed, screen=full_run is None)
         return trial(
             "no_gain" if why_not else "passed",
             note=why_not,
@@ -521,7 +530,13 @@ class Round:
             cached=result.cached,
         )
 
-    def _why_not(self, score: float, baseline: float, findings: list[Finding] | None) -> str | None:
+    def _why_not(
+        self,
+        score: float,
+        baseline: float,
+        findings: list[Finding] | None,
+        screen: bool = False,
+    ) -> str | None:
         """Why a run's score does not count as a gain, in words; None when it does: it must
         beat the untreated run by the noise margin, beat the trivial predictor, and (when it
         was probed) raise no critical finding that the untreated run did not."""
@@ -531,7 +546,7 @@ class Round:
                 f"{sc.metric.replace('_', ' ')} {_score(score, sc)} does not beat the untreated "
                 f"run's {_score(baseline, sc)} by the noise margin {self.margin:.3g}"
             )
-        if not sc.beats_trivial(score):
+        if not sc.beats_trivial(score, screen=screen):
             return (
                 f"{sc.metric.replace('_', ' ')} {_score(score, sc)} is no better than "
                 f"{sc.trivial_what} ({_score(sc.trivial, sc)})"

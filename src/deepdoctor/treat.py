@@ -12,9 +12,11 @@ makes while it is applied too (lower_lr's and raise_lr's learning-rate range tes
 1. Baseline (1 run): the untreated experiment, probed and diagnosed. Its warning and
    critical findings name the candidate remedies, best first. A healthy baseline ends here:
    nothing is applied, and the Treatment says so.
-2. Noise: the baseline again from the next seed, for ``SCREEN_FRACTION`` of the steps. The
-   gap between the two seeds at that point is the seed-to-seed noise; a candidate must beat
-   the baseline by more than it (and by at least ``MIN_GAIN``).
+2. Noise: the baseline again from the next seed, for ``SCREEN_FRACTION`` of the steps, and
+   from one more seed when the two disagree. The noise margin is two robust standard
+   deviations (from the median absolute deviation) of the screen's score over those seeds,
+   so one broken rerun does not inflate it; a candidate must beat the baseline by more than
+   it (and by at least the minimum gain: a point of accuracy, or 2% of the loss).
 3. Screening: each candidate (at most ``MAX_CANDIDATES``) trains from the baseline's seed
    for ``SCREEN_FRACTION`` of the steps, or just past the step where the baseline blew up,
    and is compared with the baseline's own evaluation at the same step. Trainability
@@ -31,11 +33,20 @@ makes while it is applied too (lower_lr's and raise_lr's learning-rate range tes
    screened too.
 5. Verification (1 run): the best screened candidate trains over the full budget, probed,
    from the baseline's seed and data order. It is kept only if it beats the baseline's final
-   validation metric by more than the noise margin. Its findings are the Treatment's
-   findings; the baseline's are ``findings_before``.
+   score by more than the noise margin, beats the trivial predictor (the majority class, or
+   the training mean) by a real margin, and raises no critical finding that the baseline did
+   not (``deepdoctor.scoring``). The score is validation accuracy, balanced accuracy when the
+   classes are imbalanced, or minus the loss; ``Treatment.scoring`` says which and why. Its
+   findings are the Treatment's findings; the baseline's are ``findings_before``.
 6. Greedy rounds: when a remedy was kept and the budget left still holds a noise run, a
    screen and a verification, the treated experiment is treated again (steps 2-5), its
    verified run the new baseline, for the findings that remain (at most ``MAX_ROUNDS``).
+
+The headline (``Treatment.verdict``, first in the message) is "repaired" when a remedy was
+kept and the treated run has no warning or critical finding, "partly repaired" with what
+remains (``Treatment.remaining``) when it still has some, "not repaired" when nothing was
+kept, and "healthy" when there was nothing to repair. Candidates are ranked root cause
+first: the remedies of a finding that another finding is ``caused_by``, then by severity.
 
 Every remedy set the search considered is a ``Trial`` with its ``stage`` (screen, combine,
 verify), its ``round`` and a ``status``: kept, passed (screening, not kept), no_gain,

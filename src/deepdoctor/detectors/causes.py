@@ -19,6 +19,8 @@ exploding_gradients     bad_init_loss    the gradients grow towards the input *i
                                          (not a jump in time): the outsized output layer
                                          that miscalibrates the loss also shrinks its own
                                          relative gradient
+nonfinite               diverging_loss   the loss blew up at an earlier step than the first
+                                         NaN / Inf: the overflow is where the blow-up ended
 ======================  ===============  ====================================================
 """
 
@@ -42,9 +44,15 @@ def _grows_in_depth(consequence: Finding, root: Finding) -> bool:
     return "first_over_last" in consequence.evidence
 
 
+def _blew_up_first(consequence: Finding, root: Finding) -> bool:
+    nan_at, blowup_at = consequence.evidence.get("step"), root.evidence.get("step")
+    return isinstance(nan_at, int) and isinstance(blowup_at, int) and blowup_at < nan_at
+
+
 CAUSES: tuple[Rule, ...] = (
     ("exploding_gradients", "unscaled_inputs", _large_inputs),
     ("exploding_gradients", "bad_init_loss", _grows_in_depth),
+    ("nonfinite", "diverging_loss", _blew_up_first),
 )
 
 
