@@ -167,7 +167,7 @@ def scoring_for(exp: Any) -> Scoring:
         return Scoring(
             "balanced_accuracy",
             1.0 / present.numel(),
-            f"predicting one class for every sample (balanced accuracy 1/{present.numel()})",
+            f"predicting one class for every sample (balanced accuracy {1 / present.numel():.3g})",
             f"the training classes are {ratio:.1f}x imbalanced, and plain accuracy rewards "
             "predicting the frequent ones",
         )
@@ -175,7 +175,7 @@ def scoring_for(exp: Any) -> Scoring:
     return Scoring(
         "accuracy",
         share,
-        f"predicting the majority class ({majority}) for every sample",
+        f"predicting the majority class ({majority}) for every sample ({share:.3g})",
         "the classes are balanced enough for plain accuracy",
     )
 

@@ -35,6 +35,10 @@ CLIP_MOST_STEPS = 0.5
 MAX_ROUNDS = 3  # greedy rounds: treat the treated experiment for what remains
 # A next round needs its noise run, one screen and one verification (in runs of its own).
 NEXT_ROUND_MINIMUM = 1.0 + 2 * SCREEN_FRACTION
+# A screen that must run past a late blow-up to more than this fraction of the steps is run
+# to the end instead: probed, it is its own verification, where a screen of 0.9 runs and then
+# a verification of 1 would not fit a budget of 3 beside the baseline and a noise run.
+FULL_SCREEN_ABOVE = 0.5
 # The third noise seed runs only when this many screens and a verification still fit after it.
 SCREENS_AFTER_NOISE = 3
 # Past the step where the untreated run blew up, a screen runs this fraction further.
@@ -297,6 +301,7 @@ class Round:
         if self.base.history.stopped == "interrupted":
             return self._nothing("interrupted during the untreated run", interrupted=True)
         self.screen_steps = self._screening_point()
+        self.full_screens = self.screen_steps > FULL_SCREEN_ABOVE * self.exp.steps
         self.ctx = _context(self.exp, self.base.trace, self.base.findings)
         try:
             self._prefetch(candidates)
@@ -353,6 +358,11 @@ class Round:
         the noise margin a candidate must beat (``scoring.noise_margin``)."""
         min_gain = self.scoring.min_gain(self.base_score)
         self.noise_samples = [self.scoring.at(self.base.history, self.screen_steps)]
+        if self.full_screens:
+            # A noise run as long as a screen would cost most of a run; the trivial
+            # predictor's bar and the minimum gain guard the full-length screens instead.
+            self.margin, self.noise = min_gain, math.nan
+            return
         screen = self.ledger.runs(self.screen_steps)
         for offset in (1, 2):
             if offset == 2 and not (
@@ -376,12 +386,14 @@ class Round:
         with progress_bar(
             min(len(queue), MAX_CANDIDATES), "screening", enabled=self.progress
         ) as bar:
-            screened = 0
-            while queue and screened < MAX_CANDIDATES:
-                trial = self._screen(queue.pop(0), "screen")
-                screened += 1
-                if trial.clipped_fraction > CLIP_MOST_STEPS:
-                    # The playbook's rule: clipping most steps means the rate is too high.
+            screened_groups: list[list[str]] = []
+            while queue and len(screened_groups) < MAX_CANDIDATES:
+                group = queue.pop(0)
+                trial = self._screen(group, "screen")
+                screened_groups.append(group)
+                if trial.clipped_fraction > CLIP_MOST_STEPS and ["lower_lr"] not in screened_groups:
+                    # The playbook's rule: clipping most steps means the rate is too high; a
+                    # rate already screened is not screened again.
                     trial.note = (
                         f"clipping fired on {trial.clipped_fraction:.0%} of the steps: by the "
                         "Tuning Playbook's rule the learning rate is too high, so lower_lr is "
@@ -398,7 +410,9 @@ class Round:
         best_pair = sorted(self.passed, key=rank, reverse=True)[:2]
         if len(best_pair) == 2:
             combo = sorted(set(best_pair[0].remedies) | set(best_pair[1].remedies))
-            if compatible(combo):
+            # a combination adds something to each of the pair (not a set screened twice)
+            new = all(len(combo) > len(set(t.remedies)) for t in best_pair)
+            if new and compatible(combo):
                 self._screen(combo, "combine")
 
     def _decide(self) -> Outcome:
@@ -487,7 +501,7 @@ class Round:
         def trial(status: Status, **fields: Any) -> Trial:
             return Trial(list(group), stage, status, self.number, **fields)
 
-        late = any(r in LATE_EFFECT for r in group)
+        late = self.full_screens or any(r in LATE_EFFECT for r in group)
         # Checked before the remedies are applied (some spend compute while being applied,
         # e.g. a range test) and again after, with what they spent and the steps they set.
         short = self._shortfall(late, self._most_steps(group, late))
@@ -549,7 +563,7 @@ class Round:
         if not sc.beats_trivial(score, screen=screen):
             return (
                 f"{sc.metric.replace('_', ' ')} {_score(score, sc)} is no better than "
-                f"{sc.trivial_what} ({_score(sc.trivial, sc)})"
+                f"{sc.trivial_what}"
             )
         before = {f.kind for f in self.base.findings if f.severity == "critical"}
         new = sorted({f.kind for f in findings or [] if f.severity == "critical"} - before)
@@ -689,10 +703,10 @@ def stop_if_interrupted(history: History) -> History:
 
 
 def _score(value: float, scoring: Scoring) -> str:
-    """A score as a person reads it: a loss as a loss, and what an infinity means."""
+    """A score as a person reads it: a loss as the loss, an infinity as what it means."""
     if not math.isfinite(value):
-        return "(the run blew up)" if value < 0 else "(not finite)"
-    return f"{value:.3g}" if scoring.uses_accuracy else f"(loss {-value:.3g})"
+        return "none (the run blew up)" if value < 0 else "not finite"
+    return f"{value:.3g}" if scoring.uses_accuracy else f"{-value:.3g}"
 
 
 def rank(trial: Trial) -> tuple[float, int]:
