@@ -73,9 +73,11 @@ def test_new_weights_keep_the_users_initialisation_scale() -> None:
     before.load_state_dict(model.state_dict())
     resize_hidden(model, 2)
     # fc1 keeps its fan-in: the same std; fc2's fan-in doubled: std / sqrt(2)
-    assert float(model.fc1.weight.std()) == pytest.approx(float(before.fc1.weight.std()), rel=0.1)
-    expected = float(before.fc2.weight.std()) / 2**0.5
-    assert float(model.fc2.weight.std()) == pytest.approx(expected, rel=0.1)
+    assert float(model.fc1.weight.detach().std()) == pytest.approx(
+        float(before.fc1.weight.detach().std()), rel=0.1
+    )
+    expected = float(before.fc2.weight.detach().std()) / 2**0.5
+    assert float(model.fc2.weight.detach().std()) == pytest.approx(expected, rel=0.1)
 
 
 def test_a_residual_sum_pins_the_widths_it_adds() -> None:
