@@ -212,6 +212,10 @@ def print_summary(data: dict[str, Any], console: Console | None = None) -> None:
             data.get("findings_before") or [], console, title="findings before treatment"
         )
         print_findings(data.get("findings") or [], console, title="findings after treatment")
+        # What treat tried, in the words and numbers the page's trials table has.
+        print_trials(
+            data.get("trials") or [], console, metric=(data.get("scoring") or {}).get("metric")
+        )
     else:
         print_findings(data.get("findings") or [], console)
     numbers = facts.key_numbers(data)
@@ -298,7 +302,7 @@ def before_after_lines(data: dict[str, Any]) -> list[tuple[str, str, str]]:
 def print_before_after(data: dict[str, Any], console: Console | None = None) -> None:
     """The untreated and treated run's final metrics side by side (as the page has them)."""
     console = console or Console()
-    table = Table(title="before / after (same seed, data order and steps)")
+    table = Table(title="before / after (same seed and steps)")
     table.add_column("metric", no_wrap=True)
     table.add_column("untreated", justify="right")
     table.add_column("treated", justify="right")
