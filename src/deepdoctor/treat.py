@@ -74,6 +74,7 @@ from torch import nn
 from .checks import check_int, check_number
 from .experiment import Experiment
 from .findings import Finding, sort_findings
+from .remedies.data import StandardizedInputs
 from .results import Result
 from .search import (
     DEFAULT_BUDGET,
@@ -85,7 +86,7 @@ from .search import (
     metrics_of,
 )
 from .training import History, OptimizerSpec
-from .treated_code import write_apply_files
+from .treated_code import input_scaling, write_apply_files
 from .trials import engine_for
 
 __all__ = ["DEFAULT_BUDGET", "MAX_CANDIDATES", "STATUSES", "Treatment", "Trial", "treat"]
@@ -137,7 +138,8 @@ class Treatment(Result):
 
     def save(self, directory: str | Path) -> Path:
         """Write report.html and treatment.json, and what a user applies: treated_model.pt
-        (``model``'s state_dict), changes.py (runnable: ``build_treated()``,
+        (the trained model's state_dict; ``model.model``'s when ``model`` standardises its
+        inputs), changes.py (runnable: ``build_treated()``,
         ``prepare_inputs(x)``, ``load_treated()``; see ``deepdoctor.treated_code``) and,
         when standardize_inputs was kept, input_scaling.pt. Returns the report's path. The
         CLI ``deepdoctor treat`` writes the same files (``write_files``)."""
@@ -147,7 +149,8 @@ class Treatment(Result):
         """Every file ``save`` writes, written; the report last (treatment.json in its place
         when the HTML report's optional dependencies are missing)."""
         directory = Path(directory)
-        written = write_apply_files(self.treated, self.model, directory, self.message)
+        trained = self.model.model if isinstance(self.model, StandardizedInputs) else self.model
+        written = write_apply_files(self.treated, trained, directory, self.message)
         try:
             return [*written, directory / "treatment.json", super().save(directory)]
         except ImportError:  # the HTML report is optional; Result.save wrote the JSON first
@@ -341,7 +344,7 @@ def _treatment(search: Search) -> Treatment:
         before=first.before,
         after=metrics_of(final.run.history),
         trials=search.trials,
-        model=final.run.model,
+        model=_taking_raw_inputs(final.run.model, final.treated),
         findings=final.run.findings,
         findings_before=first.base.findings,
         noise=first.noise,
@@ -358,6 +361,16 @@ def _treatment(search: Search) -> Treatment:
         scoring=first.scoring.to_dict(),
         diagnosis_after=final.run,
     )
+
+
+def _taking_raw_inputs(model: nn.Module, treated: Experiment) -> nn.Module:
+    """The trained model, behind the kept input standardisation when there is one: the
+    model treat hands back takes the inputs the user holds (its "after" is measured on
+    them), not the standardised ones it trained on."""
+    scaling = input_scaling(treated)
+    if scaling is None:
+        return model
+    return StandardizedInputs(model, scaling["mean"], scaling["std"])
 
 
 def _verdict(

@@ -10,9 +10,11 @@ the ones treat trained from, and ``treated_model.pt`` (the trained state_dict) l
 A data change is kept outside the model: standardize_inputs trained the model on
 ``(x - mean) / std`` with the training data's statistics, so ``prepare_inputs(x)`` applies
 them (saved in ``input_scaling.pt``), and is the identity when no data change was kept. We
-chose this over a wrapper module inside the model so that ``treated_model.pt`` is exactly
-``Treatment.model``'s state_dict and the model takes what ``Treatment.model`` takes; the
-scaling is then one visible step of the user's input pipeline, like a torchvision Normalize.
+chose this over a wrapper module inside the saved model so that ``treated_model.pt`` loads
+into the user's own (treated) model class; the scaling is then one visible step of the
+user's input pipeline, like a torchvision Normalize. ``Treatment.model`` itself takes raw
+inputs (``remedies.data.StandardizedInputs``: the trained model, ``.model``, behind that same
+step), so what treat hands back is what its "after" was measured on.
 Training-only changes (learning rate, clipping, optimizer, schedule, class weights,
 augmentation, early stopping) are listed as comments with the line that makes each.
 """

@@ -54,6 +54,21 @@ def _standardize(exp: Experiment, ctx: Context) -> Experiment:
     )
 
 
+class StandardizedInputs(nn.Module):
+    """A model trained on ``(x - mean) / std``, taking raw ``x``: what treat hands back when
+    standardize_inputs was kept, so ``Treatment.model(x)`` works on the inputs as the user
+    holds them. ``model`` is the trained model itself (its state_dict is treated_model.pt)."""
+
+    def __init__(self, model: nn.Module, mean: torch.Tensor, std: torch.Tensor) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", mean.detach().clone())
+        self.register_buffer("std", std.detach().clone())
+
+    def forward(self, x: torch.Tensor, *args: object, **kwargs: object) -> object:
+        return self.model((x - self.mean) / self.std, *args, **kwargs)
+
+
 def _class_weights(exp: Experiment, ctx: Context) -> Experiment:
     _, y = _tensors(exp, "class_weights")
     if y.is_floating_point():
