@@ -59,6 +59,9 @@ class StandardizedInputs(nn.Module):
     standardize_inputs was kept, so ``Treatment.model(x)`` works on the inputs as the user
     holds them. ``model`` is the trained model itself (its state_dict is treated_model.pt)."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, model: nn.Module, mean: torch.Tensor, std: torch.Tensor) -> None:
         super().__init__()
         self.model = model
