@@ -64,6 +64,11 @@ HELD_OUT_FAMILIES = frozenset(
         "teacher/transformer",
         "teacher/rnn",
         "spirals/rnn",
+        # the later families (tests/cases/families.py), split on 2026-12-02 before any
+        # detector ran on them at three seeds: see docs/calibration.md
+        "overlap/linear",
+        "regression/mlp",
+        "digits/functional",
     }
 )
 
@@ -399,6 +404,8 @@ def _exploding_bn() -> Experiment:
         "still_improving",
         "diverging_loss",
     ),
+    defect="exploding_gradients only at info at seed 2 (found at seeds 0-1), although the first "
+    "quarter's relative gradients at init are 3.0e3x the last quarter's by the plain measurement",
 )
 def _exploding_tanh() -> Experiment:
     """20-layer tanh MLP with weights N(0, 0.6^2) (gain 4.8): the chaotic phase, where
@@ -928,3 +935,8 @@ def format_confusion(results: list[CaseResult]) -> str:
                 f"  {r.case.name}: missed {sorted(r.missed)}, false alarms {sorted(r.false_alarms)}"
             )
     return "\n".join(lines)
+
+
+# The later families (data with a Bayes error, regression, full / tiny batches, functional
+# activations, a ResNet, Hugging Face BERT / GPT-2) register themselves on import.
+from . import families  # noqa: E402, F401

@@ -143,8 +143,8 @@ def still_improving(case: Case, seed: int) -> Verdict:
 # -- every other kind a plain measurement can decide ------------------------------------------
 #
 # Each function below is ``(case, seed) -> Verdict``. It uses only torch on the case's own
-# model builder, data, optimizer factory and loss: at initialisation (the model built after
-# ``torch.manual_seed(seed)``, the run's first batch in the same data order as ``plain_run``)
+# model builder, data, optimizer factory and loss: at initialisation (the model built from
+# ``seed`` as diagnose builds it, the run's first batch in the same data order as ``plain_run``)
 # or over one plain run of the case's steps (``plain_record``). The thresholds were set from
 # the textbook reading of each kind before the suite was run, not fitted to its labels; a
 # value between the present and the absent threshold is borderline and not counted.
