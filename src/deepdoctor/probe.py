@@ -17,6 +17,15 @@ before a step are read once, summed, as the optimizer sees them. The update-to-w
 compares the weights before and after the update. A loop that updates weights by hand calls
 ``probe.end_step()`` after its update instead (then no update ratio is recorded).
 
+Mixed precision
+---------------
+Under autocast the parameters and their gradients stay float32, so nothing changes. With a
+``GradScaler``, ``scaler.step(opt)`` unscales the gradients before the optimizer steps, so
+the Probe reads them unscaled; a step the scaler skips (Inf or NaN gradients) never reaches
+the optimizer and gets no row. Pass ``Probe(model, scaler=scaler)`` to count those steps
+(from the falls of the scale, read once per step) into ``trace.facts.skipped_steps``,
+``loss_scale_start`` and ``loss_scale_min``, which the nonfinite detector judges.
+
 Several processes
 -----------------
 Given a ``DistributedDataParallel`` model, the Probe watches the module it wraps, so layers
@@ -144,6 +153,7 @@ class Probe:
         optimizer: torch.optim.Optimizer | None = None,
         every: int = DEFAULT_EVERY,
         activations: bool = True,
+        scaler: Any = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"Probe needs an nn.Module, got {type(model).__name__}")
@@ -154,6 +164,8 @@ class Probe:
         self.optimizer = optimizer
         self.every = every
         self.activations = activations
+        self.scaler = scaler  # a torch.amp.GradScaler: its skipped steps are counted
+        self._scale: float | None = None
         self._layers, frozen = parameter_layers(model)
         self._acts = activation_modules(model)
         self._index = ParameterIndex(self._layers)
@@ -192,6 +204,7 @@ class Probe:
     @property
     def trace(self) -> Trace:
         """What the Probe recorded so far (the target tally is brought up to date)."""
+        self._note_scale()
         if self._tally.task is not None:
             for key, value in self._tally.facts().items():
                 setattr(self._trace.facts, key, value)
@@ -209,6 +222,7 @@ class Probe:
     def attach(self) -> None:
         if self._active:
             return
+        self._note_scale()  # the scale before any step, so a first skipped step counts
         h = self._handles
         h.append(self.model.register_forward_pre_hook(self._on_root_forward, with_kwargs=True))
         h.append(self.model.register_forward_hook(self._on_root_output))
@@ -404,6 +418,7 @@ class Probe:
             walk.__exit__()
 
     def _on_step_pre(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> Any:
+        self._note_scale()
         try:
             self._lr = float(opt.param_groups[0]["lr"])
         except (KeyError, IndexError, TypeError, ValueError):
@@ -428,6 +443,22 @@ class Probe:
         if "closure" in kwargs:
             return args, {**kwargs, "closure": read_after}
         return (args[0], read_after, *args[2:]), kwargs
+
+    def _note_scale(self) -> None:
+        """Count the steps the loss scaler skipped since the last look, from the falls of
+        its scale (each skipped step multiplies it by the backoff factor; one host sync)."""
+        scaler = self.scaler
+        if scaler is None or not scaler.is_enabled():
+            return
+        scale = float(scaler.get_scale())
+        facts = self._trace.facts
+        if self._scale is None:
+            facts.skipped_steps, facts.loss_scale_start = 0, scale
+        elif scale < self._scale:
+            fall = math.log(self._scale / scale) / -math.log(scaler.get_backoff_factor())
+            facts.skipped_steps = (facts.skipped_steps or 0) + round(fall)
+        facts.loss_scale_min = min(scale, facts.loss_scale_min or scale)
+        self._scale = scale
 
     def _read_gradients(self) -> None:
         self._grad_row, self._grads_nonfinite = self._index.read()

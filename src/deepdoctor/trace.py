@@ -93,6 +93,10 @@ class RunFacts:
     class_counts: list[int] | None = None  # training targets per class
     # per-position class targets (tokens, tags): (batch, time) against (batch, time, classes)
     targets_per_position: bool | None = None
+    # a loss scaler (mixed precision): steps it skipped for Inf/NaN gradients, its scale
+    skipped_steps: int | None = None
+    loss_scale_start: float | None = None
+    loss_scale_min: float | None = None
     target_var: float | None = None  # variance of regression targets
     chance_loss: float | None = None  # loss of a calibrated start: ln(classes), or target var
     steps_planned: int | None = None

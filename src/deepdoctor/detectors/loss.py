@@ -62,7 +62,7 @@ LOWER_LR_FIRST = ["lower_lr", "gradient_clipping", "lr_warmup"]
 
 
 def detect(trace: Trace) -> list[Finding]:
-    findings = _nonfinite(trace)
+    findings = _nonfinite(trace) or _skipped_by_scaler(trace)
     loss = finite_loss(trace)
     if len(loss) == 0:
         return findings
@@ -138,6 +138,46 @@ def _nonfinite(trace: Trace) -> list[Finding]:
                 "nonfinite_weights": weights,
             },
             remedies=_nonfinite_remedies(trace, step, what),
+        )
+    ]
+
+
+# A healthy fp16 run skips a handful of steps while GradScaler's scale (65536 at the start)
+# halves down to its level, then about one per growth interval (2,000 steps) when it tries a
+# doubling: a tenth of the steps skipped means the gradients overflow again and again.
+SKIPPED_FRACTION = 0.1
+MIN_SKIPPED = 5  # ... and at least this many, so the first halvings of a short run do not count
+# A scale below 1 shrinks the gradients yet they still overflow fp16: the model's own
+# gradients are Inf, and the small ones underflow to zero at that scale.
+COLLAPSED_SCALE = 1.0
+
+
+def _skipped_by_scaler(trace: Trace) -> list[Finding]:
+    facts = trace.facts
+    skipped, low = facts.skipped_steps or 0, facts.loss_scale_min
+    attempted = trace.n_steps + skipped
+    collapsed = low is not None and low < COLLAPSED_SCALE
+    if not collapsed and (skipped < MIN_SKIPPED or skipped < SKIPPED_FRACTION * attempted):
+        return []
+    return [
+        Finding(
+            kind="nonfinite",
+            severity="critical" if collapsed else "warning",
+            summary=(
+                f"The loss scaler skipped {skipped} of {attempted} steps for Inf or NaN "
+                f"gradients and its scale fell from {facts.loss_scale_start:.3g} to "
+                f"{low:.3g}: the fp16 gradients overflow"
+                + (" even unscaled, and small ones underflow to zero" if collapsed else "")
+                + "; clip the gradient or lower the learning rate."
+            ),
+            evidence={
+                "skipped_steps": skipped,
+                "attempted_steps": attempted,
+                "loss_scale_start": facts.loss_scale_start,
+                "loss_scale_min": low,
+                "threshold": SKIPPED_FRACTION,
+            },
+            remedies=["gradient_clipping", "lower_lr", "lr_warmup"],
         )
     ]
 
