@@ -31,5 +31,6 @@ with dd.Probe(model) as probe:
 out = sys.argv[1] if len(sys.argv) > 1 else "deepdoctor-out/ddp-trace"
 probe.save(out)  # rank 0 writes; the others return None
 last = probe.trace.grad_norms()[-1].tolist()
-print(f"rank {rank}: layers {probe.trace.layers} loss {probe.trace.loss()[-1]!r} grads {last!r}")
+line = f"rank {rank}: layers {probe.trace.layers} loss {probe.trace.loss()[-1]!r} grads {last!r}"
+print(line, flush=True)
 dist.destroy_process_group()
