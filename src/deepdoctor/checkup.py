@@ -401,7 +401,7 @@ def _checkup(
     own_loss = loss_fn is None
     loss_fn = loss_fn if loss_fn is not None else default_loss(y)
     with untouched(model):
-        _seed(seed, X.device)
+        _seed(seed, y.device)  # X may be several inputs (batch.Inputs); y is a tensor
         model.train()
         trace, logit_std = measure_step0(model, X, y, loss_fn, task, own_loss)
     facts = trace.facts
