@@ -30,7 +30,7 @@ class Classifier(L.LightningModule):
 
 out = sys.argv[1] if len(sys.argv) > 1 else "deepdoctor-out/lightning"
 doctor = DeepDoctorCallback(report_dir=out)  # report.html there at fit end
-trainer = L.Trainer(max_steps=60, callbacks=[doctor], logger=False, enable_progress_bar=False)
+trainer = L.Trainer(max_steps=60, callbacks=[doctor], logger=False, enable_checkpointing=False)
 trainer.fit(Classifier(), loader)
 for f in doctor.findings:
     print(f.severity, f.kind, f.summary)
