@@ -91,7 +91,7 @@ def child(with_probe: bool, steps: int, every: int, tiny: bool) -> None:
         trace = probe.trace
         end["layers"] = len(trace.layers)
         end["rows"] = len(trace.layer)
-        end["summarised"] = trace.summarised
+        end["summarised"] = getattr(trace, "summarised", False)  # older Traces: never
         end["act_layers"] = len(trace.act_layers)
         end["trace_bytes"] = deep_size(trace)
         tables = trace.tables()
@@ -163,8 +163,9 @@ def main() -> None:
     skip = args.after or every  # the first interval holds the allocator's warm-up
     s_plain = slope_kib_per_1000(plain, skip)
     s_probe = slope_kib_per_1000(probed, skip)
+    start = next(s for s in probed if s["step"] >= skip)["step"]  # the first sample from skip
     grown = {
-        name: (rows[-1]["rss_kib"] - next(s["rss_kib"] for s in rows if s["step"] >= skip)) / 1024
+        name: (rows[-1]["rss_kib"] - next(s["rss_kib"] for s in rows if s["step"] == start)) / 1024
         for name, rows in (("plain", plain), ("Probe", probed))
     }
     layers = probe_end["layers"]
@@ -179,7 +180,7 @@ def main() -> None:
         f"Probe {s_probe:+.1f} KiB per 1,000 steps"
     )
     print(
-        f"RSS growth from step {skip:,} to {steps:,}: plain {grown['plain']:+.2f} MiB, with the "
+        f"RSS growth from step {start:,} to {steps:,}: plain {grown['plain']:+.2f} MiB, with the "
         f"Probe {grown['Probe']:+.2f} MiB; the Trace's layer table holds {probe_end['rows']:,} "
         f"rows{' (older steps summarised)' if probe_end['summarised'] else ''}"
     )
