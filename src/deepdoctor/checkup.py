@@ -401,7 +401,7 @@ def _checkup(
     own_loss = loss_fn is None
     loss_fn = loss_fn if loss_fn is not None else default_loss(y)
     with untouched(model):
-        _seed(seed, y.device)  # X may be several inputs (batch.Inputs); y is a tensor
+        _seed(seed, model)
         model.train()
         trace, logit_std = measure_step0(model, X, y, loss_fn, task, own_loss)
     facts = trace.facts
@@ -415,13 +415,14 @@ def _checkup(
     return _result(model, X, y, trace, loss_fn, logit_std, n_samples)
 
 
-def _seed(seed: int, device: torch.device) -> None:
-    """``torch.manual_seed`` for the pass. On a CPU batch with no GPU in use, only the CPU
+def _seed(seed: int, model: nn.Module) -> None:
+    """``torch.manual_seed`` for the pass. For a CPU model with no GPU in use, only the CPU
     generator: ``torch.manual_seed`` also queues a seed for every accelerator backend not yet
     started (formatting a stack trace for each, ~75 us, a twentieth of a depth-10 checkup's
     extra cost), which would reseed a GPU started after the checkup, outside its
     ``untouched`` block."""
-    if device.type == "cpu" and not torch.cuda.is_initialized():
+    on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+    if on_cpu and not torch.cuda.is_initialized():
         torch.default_generator.manual_seed(seed)
     else:
         torch.manual_seed(seed)
