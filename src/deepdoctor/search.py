@@ -618,11 +618,19 @@ class Round:
 
     def _shortfall(self, late: bool, steps: int) -> str | None:
         """Why a screen of ``steps`` does not fit, in words; None when it does. A short
-        screen leaves room for its verification run; a full-length one is its own."""
-        need = self.ledger.runs(steps) + (0.0 if late else self.one_run)
+        screen leaves room for its verification run; a full-length one is its own, but once
+        a short screen has passed it too leaves that room: the passed candidate's
+        verification comes first."""
+        waiting = any(t.full_run is None for t in self.passed)
+        reserve = self.one_run if (not late or waiting) else 0.0
+        need = self.ledger.runs(steps) + reserve
         if self.ledger.fits(need):
             return None
-        what = "this full-length screen needs" if late else "this screen and its verification need"
+        what = (
+            "this full-length screen and the verification of a passed screen need"
+            if late
+            else "this screen and its verification need"
+        )
         return self.ledger.shortfall(need, what)
 
     # -- helpers --------------------------------------------------------------------------
