@@ -437,3 +437,20 @@ def test_report_command_exits_2_with_a_clear_message(
     assert main(["report", str(path)]) == 2
     assert message in capsys.readouterr().err.replace("\n", "")
     assert not (tmp_path / "report.html").exists()
+
+
+def test_a_treatment_headline_says_first_whether_it_repaired_the_run() -> None:
+    from deepdoctor.report import facts
+
+    warning = {"kind": "stalled_loss", "severity": "warning"}
+    critical = {"kind": "nonfinite", "severity": "critical"}
+    treated = {"schema": "deepdoctor.treatment"}
+    assert facts.headline({**treated, "verdict": "repaired", "findings": []}) == "repaired"
+    assert (
+        facts.headline({**treated, "verdict": "partly repaired", "findings": [warning, warning]})
+        == "partly repaired: 2 problems (2 warnings) left"
+    )
+    assert (
+        facts.headline({**treated, "verdict": "not repaired", "findings": [critical]})
+        == "not repaired: 1 problem (1 critical) left"
+    )

@@ -33,15 +33,18 @@ def headline(data: dict[str, Any]) -> str:
     if result_type(data) == "compression":
         return _compression_headline(data)
     found = problems(data)
+    verdict = data.get("verdict") if result_type(data) == "treatment" else None
     if not found:
-        return "healthy"
-    counts = [
-        f"{sum(f['severity'] == s for f in found)} {s}"
-        for s in ("critical", "warning")
-        if any(f["severity"] == s for f in found)
-    ]
+        return str(verdict) if verdict and verdict != "not repaired" else "healthy"
+    counts = []
+    for severity in ("critical", "warning"):
+        n = sum(f["severity"] == severity for f in found)
+        if n:
+            counts.append(f"{n} {severity}{'s' if n > 1 and severity == 'warning' else ''}")
     noun = "problem" if len(found) == 1 else "problems"
-    return f"{len(found)} {noun} ({', '.join(counts)})"
+    line = f"{len(found)} {noun} ({', '.join(counts)})"
+    # a treatment says first whether it repaired the run, then what is left
+    return f"{verdict}: {line} left" if verdict else line
 
 
 def title(data: dict[str, Any]) -> str:
