@@ -40,6 +40,8 @@ def exploding_mlp(steps: int = 100) -> dd.Experiment:
 # lower_lr's range test, a short screen, a structural change and a late-effect remedy (a
 # full-length, probed screen): every kind of trial the engine runs.
 REMEDY_MIX = ["lower_lr", "gradient_clipping", "batch_norm", "dropout"]
+# room for the full-length screen beside a passed short screen's verification
+MIX_BUDGET = 4.0
 
 
 def outcome(tr: Treatment) -> tuple[Any, ...]:
@@ -50,7 +52,7 @@ def outcome(tr: Treatment) -> tuple[Any, ...]:
 
 @pytest.fixture(scope="module")
 def in_process() -> Treatment:
-    return treat(exploding_mlp(), remedies=REMEDY_MIX)
+    return treat(exploding_mlp(), remedies=REMEDY_MIX, budget=MIX_BUDGET)
 
 
 def test_the_in_process_treat_exercises_every_kind_of_trial(in_process: Treatment) -> None:
@@ -62,14 +64,16 @@ def test_the_in_process_treat_exercises_every_kind_of_trial(in_process: Treatmen
 
 
 def test_worker_processes_give_the_same_numbers_to_the_last_digit(in_process: Treatment) -> None:
-    assert outcome(treat(exploding_mlp(), remedies=REMEDY_MIX, workers=2)) == outcome(in_process)
+    assert outcome(
+        treat(exploding_mlp(), remedies=REMEDY_MIX, budget=MIX_BUDGET, workers=2)
+    ) == outcome(in_process)
 
 
 def test_ray_gives_the_same_numbers_to_the_last_digit(in_process: Treatment) -> None:
     ray = pytest.importorskip("ray")
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
     try:
-        on_ray = treat(exploding_mlp(), remedies=REMEDY_MIX, ray=True)
+        on_ray = treat(exploding_mlp(), remedies=REMEDY_MIX, budget=MIX_BUDGET, ray=True)
     finally:
         ray.shutdown()
     assert outcome(on_ray) == outcome(in_process)
