@@ -23,16 +23,13 @@ from typing import Any
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
-from ..diagnose import Diagnosis
-from ..findings import Finding
 from ..probe import DEFAULT_EVERY
-from ..trace import Trace
-from .watch import Watch
+from .watch import Watch, WatchResults
 
 __all__ = ["DeepDoctorCallback"]
 
 
-class DeepDoctorCallback(Callback):
+class DeepDoctorCallback(WatchResults, Callback):
     """Watch a Lightning fit with deepdoctor's Probe; ``.trace``, ``.findings`` after it.
 
     every: record activation statistics every so many steps (the Probe's ``every``).
@@ -42,24 +39,6 @@ class DeepDoctorCallback(Callback):
     def __init__(self, every: int = DEFAULT_EVERY, report_dir: str | Path | None = None) -> None:
         super().__init__()
         self._watch = Watch(every=every, report_dir=report_dir)
-
-    @property
-    def trace(self) -> Trace | None:
-        return self._watch.trace
-
-    @property
-    def findings(self) -> list[Finding]:
-        return self._watch.findings
-
-    @property
-    def diagnosis(self) -> Diagnosis | None:
-        """The findings with the trace behind them, as ``dd.diagnose`` returns them."""
-        return self._watch.diagnosis
-
-    @property
-    def message(self) -> str | None:
-        """What the end of the run said instead of findings (a run with no step)."""
-        return self._watch.message
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._watch.start(pl_module)

@@ -27,18 +27,15 @@ from torch import nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.utils import logging
 
-from ..diagnose import Diagnosis
-from ..findings import Finding
 from ..probe import DEFAULT_EVERY
-from ..trace import Trace
-from .watch import Watch
+from .watch import Watch, WatchResults
 
 __all__ = ["DeepDoctorCallback"]
 
 log = logging.get_logger(__name__)
 
 
-class DeepDoctorCallback(TrainerCallback):
+class DeepDoctorCallback(WatchResults, TrainerCallback):
     """Watch a Trainer run with deepdoctor's Probe; ``.trace``, ``.findings`` after it.
 
     every: record activation statistics every so many steps (the Probe's ``every``).
@@ -48,22 +45,6 @@ class DeepDoctorCallback(TrainerCallback):
     def __init__(self, every: int = DEFAULT_EVERY, report_dir: str | Path | None = None) -> None:
         self._watch = Watch(every=every, report_dir=report_dir)
         self._handles: list[Any] = []
-
-    @property
-    def trace(self) -> Trace | None:
-        return self._watch.trace
-
-    @property
-    def findings(self) -> list[Finding]:
-        return self._watch.findings
-
-    @property
-    def diagnosis(self) -> Diagnosis | None:
-        return self._watch.diagnosis
-
-    @property
-    def message(self) -> str | None:
-        return self._watch.message
 
     def on_train_begin(
         self,

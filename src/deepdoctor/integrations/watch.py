@@ -143,3 +143,27 @@ class Watch:
         if not self.findings:
             return ["deepdoctor: no findings"]
         return [f"deepdoctor: {f.severity} {f.kind}: {f.summary}" for f in self.findings]
+
+
+class WatchResults:
+    """What both callbacks expose after a fit, read from their ``_watch``."""
+
+    _watch: Watch
+
+    @property
+    def trace(self) -> Trace | None:
+        return self._watch.trace
+
+    @property
+    def findings(self) -> list[Finding]:
+        return self._watch.findings
+
+    @property
+    def diagnosis(self) -> Diagnosis | None:
+        """The findings with the trace behind them, as ``dd.diagnose`` returns them."""
+        return self._watch.diagnosis
+
+    @property
+    def message(self) -> str | None:
+        """What the end of the run said instead of findings (a run with no step)."""
+        return self._watch.message
