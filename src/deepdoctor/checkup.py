@@ -42,7 +42,7 @@ from torch import nn
 
 from .batch import Inputs
 from .checks import check_int
-from .complexity import Complexity, located_errors, measure, untouched
+from .complexity import Complexity, count, located_errors, untouched
 from .detectors import coverage, detect
 from .experiment import Experiment
 from .findings import Finding, sort_findings
@@ -404,6 +404,7 @@ def _checkup(
         _seed(seed, model)
         model.train()
         trace, logit_std = measure_step0(model, X, y, loss_fn, task, own_loss)
+        comp = count(model, X[:2], n_samples=n_samples)
     facts = trace.facts
     if train is not None:
         for key, value in data_facts(train, loss_fn, facts.n_classes, None).items():
@@ -412,7 +413,7 @@ def _checkup(
         facts.n_classes = n_classes
         facts.chance_loss = math.log(n_classes) if n_classes > 1 else None
     facts.steps_planned, facts.batch_size, facts.seed = steps, len(X), seed
-    return _result(model, X, y, trace, loss_fn, logit_std, n_samples)
+    return _result(X, y, trace, comp, loss_fn, logit_std, n_samples)
 
 
 def _seed(seed: int, model: nn.Module) -> None:
@@ -429,17 +430,16 @@ def _seed(seed: int, model: nn.Module) -> None:
 
 
 def _result(
-    model: nn.Module,
     X: Any,
     y: torch.Tensor,
     trace: Trace,
+    comp: Complexity,
     loss_fn: Any,
     logit_std: float,
     n_samples: int | None,
 ) -> Checkup:
     """The Checkup of a measured step 0: the detectors' findings, then what only a checkup
     adds (complexity, trainable depth)."""
-    comp = measure(model, X[:2], n_samples=n_samples)
     checks = layer_checks(trace)
     depth = fit_depth([c.grad_norm for c in checks if c.weight_layer])
     facts = trace.facts

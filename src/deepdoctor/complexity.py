@@ -282,6 +282,15 @@ def measure(model: nn.Module, batch: Any, n_samples: int | None = None) -> Compl
         isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1
     ):
         raise ValueError(f"n_samples must be a whole number >= 1, got {n_samples!r}")
+    with untouched(model):
+        return count(model, batch, n_samples)
+
+
+def count(model: nn.Module, batch: Any, n_samples: int | None = None) -> Complexity:
+    """``measure`` inside the caller's ``untouched`` block (which puts back the modes it
+    sets): a checkup, which restores the model after its own pass anyway, saves a second
+    save-and-restore (a third of a millisecond at depth 10; numpy's random state alone
+    costs 0.1 ms)."""
     inputs = _as_inputs(batch)
     examples = len(inputs)
     owners = {
@@ -313,7 +322,7 @@ def measure(model: nn.Module, batch: Any, n_samples: int | None = None) -> Compl
     handles = [register_module_forward_hook(hook)]
     counter = FlopCounterMode(display=False, custom_mapping=CPU_FLOP_FORMULAS)
     try:
-        with untouched(model), torch.no_grad():
+        with torch.no_grad():
             model.train()
             for m in model.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):

@@ -392,6 +392,23 @@ def _squared(norms_by_index: Mapping[int, float], n: int) -> list[float]:
     return [norms_by_index[i] ** 2 if i in norms_by_index else math.nan for i in range(n)]
 
 
+def _gradient_norm(grad: torch.Tensor) -> torch.Tensor:
+    """The norm of one gradient as a 0-dim tensor (float64 where float32 is not enough), as
+    ``norms`` reads it.
+
+    On a CPU the float32 norm is read at once (a CPU scalar costs no device sync) and only a
+    tiny or non-finite one is recomputed in float64: casting every entry to float64 makes
+    the norm three times as costly, a twentieth of a checkup. On an accelerator reading it
+    would stall the backward pass, and the float64 norm is the cheap one there.
+    """
+    if grad.device.type != "cpu" or grad.dtype != torch.float32:
+        return torch.linalg.vector_norm(grad, dtype=torch.float64)
+    norm = torch.linalg.vector_norm(grad)
+    if not TINY_NORM <= norm.item() < math.inf:  # NaN compares False: recomputed as well
+        return torch.linalg.vector_norm(grad, dtype=torch.float64)
+    return norm  # float32: the stack that reads them with the float64 ones is float64
+
+
 def gradient_norm_tensors(
     loss: torch.Tensor, params: Sequence[torch.Tensor]
 ) -> dict[int, torch.Tensor]:
@@ -403,7 +420,7 @@ def gradient_norm_tensors(
     def make_hook(i: int) -> Callable[[torch.Tensor], torch.Tensor]:
         def hook(grad: torch.Tensor) -> torch.Tensor:
             # autograd runs hooks with grad mode off: no graph is recorded here
-            found[i] = torch.linalg.vector_norm(grad, dtype=torch.float64)
+            found[i] = _gradient_norm(grad)
             key = (grad.dtype, grad.device)
             if key not in zeros:
                 zeros[key] = grad.new_zeros(())
