@@ -18,6 +18,10 @@ from ..trace import Trace
 from ._common import finite_loss, nanmedian, relative_drop, round_sig
 
 SATURATED_FRAC = 0.5  # half a layer's outputs within 1% of the bounds: its gradient is gone
+# A quarter in the tails from the start is a warning too when the loss then barely moved
+# (below LEARNING_DROP): the plain-PyTorch label's "present" line. Healthy sigmoid / tanh
+# nets start with 1-5% there (a unit-variance pre-activation's tails).
+SATURATED_STUCK_FRAC = 0.25
 EARLY_SAMPLES = 3  # "at the start": the first 3 activation samples (step 0 and the next two)
 LEARNING_DROP = 0.2  # late saturation matters only if the loss fell by less than 20%
 DEAD_FRAC = 0.5  # half of a layer's units silent for a whole batch: half its width is lost
@@ -45,7 +49,8 @@ def _saturated(trace: Trace) -> list[Finding]:
     loss = finite_loss(trace)
     drop = relative_drop(loss) if len(loss) else float("nan")
     learning = bool(drop >= LEARNING_DROP)
-    at_start = [n for n, v in zip(names, early, strict=True) if v > SATURATED_FRAC]
+    start_line = SATURATED_FRAC if learning else SATURATED_STUCK_FRAC
+    at_start = [n for n, v in zip(names, early, strict=True) if v > start_line]
     at_end = [n for n, v in zip(names, late, strict=True) if v > SATURATED_FRAC]
     if at_start or (at_end and not learning):
         layers, severity = (at_start or at_end), "warning"
@@ -74,8 +79,9 @@ def _saturated(trace: Trace) -> list[Finding]:
             evidence={
                 "saturated_frac_start": round_sig(float(np.nanmax(early))),
                 "saturated_frac_end": round_sig(float(np.nanmax(late))),
-                "threshold": SATURATED_FRAC,
+                "threshold": start_line if at_start else SATURATED_FRAC,
                 "loss_drop": round_sig(drop),
+                "learning_drop": LEARNING_DROP,
                 "sources": [trace.act_sources.get(n) for n in layers],
             },
             remedies=["relu_activation", "xavier_init", "batch_norm", "standardize_inputs"],

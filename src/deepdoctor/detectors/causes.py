@@ -16,9 +16,12 @@ consequence             root             when
 exploding_gradients     unscaled_inputs  the inputs are large (not tiny): large inputs make
                                          large first-layer gradients
 exploding_gradients     bad_init_loss    the gradients grow towards the input *in depth*
-                                         (not a jump in time): the outsized output layer
-                                         that miscalibrates the loss also shrinks its own
-                                         relative gradient
+                                         (not a jump in time) and only at the output: the
+                                         outsized output layer that miscalibrates the loss
+                                         also shrinks its own relative gradient, so without
+                                         it the layers are level (within EXPLODE_RATIO). A
+                                         growth through the layers before it (a chaotic
+                                         init) is a fault of its own.
 nonfinite               diverging_loss   the loss blew up at an earlier step than the first
                                          NaN / Inf: the overflow is where the blow-up ended
 ======================  ===============  ====================================================
@@ -30,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from ..findings import Finding
+from .gradients import EXPLODE_RATIO
 
 # (consequence, root, does the root explain this consequence?)
 Rule = tuple[str, str, Callable[[Finding, Finding], bool]]
@@ -40,8 +44,12 @@ def _large_inputs(consequence: Finding, root: Finding) -> bool:
     return isinstance(rms, int | float) and rms > 1.0  # too large, not too small
 
 
-def _grows_in_depth(consequence: Finding, root: Finding) -> bool:
-    return "first_over_last" in consequence.evidence
+def _grows_at_output(consequence: Finding, root: Finding) -> bool:
+    inner = consequence.evidence.get("first_over_last_before_output")
+    # NaN (too few layers to tell without the output) compares False: the output explains it
+    return "first_over_last" in consequence.evidence and not (
+        isinstance(inner, int | float) and inner > EXPLODE_RATIO
+    )
 
 
 def _blew_up_first(consequence: Finding, root: Finding) -> bool:
@@ -51,7 +59,7 @@ def _blew_up_first(consequence: Finding, root: Finding) -> bool:
 
 CAUSES: tuple[Rule, ...] = (
     ("exploding_gradients", "unscaled_inputs", _large_inputs),
-    ("exploding_gradients", "bad_init_loss", _grows_in_depth),
+    ("exploding_gradients", "bad_init_loss", _grows_at_output),
     ("nonfinite", "diverging_loss", _blew_up_first),
 )
 

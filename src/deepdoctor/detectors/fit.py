@@ -8,6 +8,7 @@ them they fall back to the training loss curve where that still says something
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,12 @@ from ._common import eval_series, finite_loss, round_sig, smooth, stopped_early
 from .loss import reference_loss
 
 OVERFIT_RISE = 0.25  # validation loss 25% above its best (healthy runs in the suite: < 10%)
-OVERFIT_GAP = 0.2  # train accuracy 20 points above validation accuracy
+# Train accuracy 30 points above validation, each the median of the last END_EVALS
+# evaluations (one evaluation's gap jitters by a few points). Tuning half, seeds 0-2: the
+# healthy runs' largest gap was 0.21 (an MLP on the noisy teacher task, whose labels cap
+# validation accuracy), the overfitting cases' smallest 0.39: 0.3 is about midway.
+OVERFIT_GAP = 0.3
+END_EVALS = 3
 OVERFIT_GAP_INFO = 0.1  # 10 points: a note
 # Underfitting against a reference (trace.facts.reference): on train and on validation the
 # run made less than 40% of the improvement over chance that the cheap reference made. On the
@@ -28,16 +34,28 @@ UNDERFIT_SHARE = 0.4
 # Without a reference (info only): more than half the chance-level loss still there at the end
 UNDERFIT_FRACTION = 0.5
 PLATEAU_SHARE = 0.1  # ... and less than 10% of the run's improvement came in its last quarter
-IMPROVING_INFO = 0.1  # the last quarter brought 10% of the run's improvement ...
-IMPROVING_MIN_DROP = 0.05  # ... and cut the loss by 5% of its level: still falling
-IMPROVING_DROP = 0.1  # cut by 10%: clearly falling, another quarter would gain as much
-LAST_PART = 0.25  # "the end of the run": its last quarter
-# The last quarter's drop must also stand out of the curve's own noise: more than this many
-# standard deviations of a difference of two evaluations (the noise estimated from the
-# curve's second differences, ``curve_noise``), so a flat but jittery curve is not "falling".
-IMPROVING_NOISE_SIGMAS = 3.0
-MAD_TO_SIGMA = 1.4826  # a robust standard deviation from a median absolute deviation
-MIN_NOISE_POINTS = 5  # second differences need a few points to say anything
+LAST_PART = 0.25  # "the end of the run": its last quarter (the plateau test of underfitting)
+# still_improving extrapolates the curve's last half as a power law, loss ~ step^slope (a
+# straight line in log-log, fitted by least squares), to twice the steps. It fires when that
+# predicts the validation loss to fall by IMPROVING_GAIN or more, the label's own line (the
+# plain-PyTorch measurement in tests/cases/verify.py calls twice the steps cutting it by a
+# fifth "present", by a twentieth "absent"); IMPROVING_INFO makes a note. On the suite's
+# healthy and still-improving runs (seeds 0-2) the prediction correlates 0.79 with the
+# measured cut; a fit over the whole curve (0.61) or its last third (0.70) does worse.
+IMPROVING_GAIN = 0.2
+IMPROVING_INFO = 0.1
+# ... and the slope must stand IMPROVING_SIGMAS standard errors (from the fit's own residuals:
+# the curve's noise around its trend) below zero. Tuning half, seeds 0-2: the still-improving
+# runs it finds stand 5.0-44 errors out, the healthy tanh net on spirals (a jittery curve
+# that predicts a 34-45% cut and measures -8% to +24%) at most 1.9.
+IMPROVING_SIGMAS = 3.0
+# The training loss must be falling as well, at half that rate: the validation loss keeps
+# falling only while the model still fits its training data better. A validation curve that
+# dips through noise while the training loss is flat (a 50-layer BN net on the teacher task:
+# 26% predicted, 2-3% measured, training loss predicted to fall 6%) is not still improving.
+IMPROVING_TRAIN_GAIN = 0.1
+CURVE_BLOCKS = 10  # a per-step loss curve (no evaluations) is read as 10 block medians
+MIN_FIT_POINTS = 4  # a line through the last half needs a few points to have an error
 MIN_VAL_EVALS = 3  # overfitting needs a best validation loss and later ones to compare
 MIN_CURVE_POINTS = 4  # a loss curve of fewer points has no last quarter to read
 
@@ -48,13 +66,68 @@ def _curve(trace: Trace) -> tuple[np.ndarray, np.ndarray, str]:
         steps, values = eval_series(trace, stat)
         if len(values) >= MIN_CURVE_POINTS:
             return steps.astype(float), values, stat
+    return _step_curve(trace, smoothed=True)
+
+
+def _step_curve(trace: Trace, smoothed: bool) -> tuple[np.ndarray, np.ndarray, str]:
+    """The per-step training loss: a running median, or (``smoothed=False``) its
+    ``CURVE_BLOCKS`` block medians, which are independent of one another as a least-squares
+    error assumes (a running median's neighbours are not)."""
     loss = trace.loss()
     keep = np.isfinite(loss)
     if keep.sum() < MIN_CURVE_POINTS:
         return np.zeros(0), np.zeros(0), "none"
     steps = np.asarray(trace.steps.steps, dtype=float)[keep]
-    trend = smooth(loss[keep])
-    return steps[-len(trend) :], trend, "train_loss (per step)"
+    if smoothed:
+        trend = smooth(loss[keep])
+        return steps[-len(trend) :], trend, "train_loss (per step)"
+    blocks = np.array_split(np.arange(int(keep.sum())), min(CURVE_BLOCKS, int(keep.sum())))
+    return (
+        np.array([steps[b[-1]] for b in blocks]),
+        np.array([float(np.median(loss[keep][b])) for b in blocks]),
+        "train_loss (per step)",
+    )
+
+
+@dataclass(frozen=True)
+class Trend:
+    """A power law fitted to a loss curve's last half: ``loss ~ step ** slope``."""
+
+    slope: float
+    stderr: float  # the slope's standard error, from the residuals around the line
+    noise: float  # the residuals' standard deviation: the curve's noise, in log loss
+    points: int
+
+    @property
+    def gain_if_doubled(self) -> float:
+        """How much lower the loss would be at twice the steps, as a share of it now."""
+        return 1.0 - 2.0**self.slope
+
+    @property
+    def sigmas(self) -> float:
+        """How many standard errors the slope stands below zero."""
+        if self.stderr > 0:
+            return -self.slope / self.stderr
+        return math.inf if self.slope < 0 else 0.0  # a noiseless line: falling or not
+
+
+def power_trend(steps: np.ndarray, values: np.ndarray) -> Trend | None:
+    """The trend of the curve's last half in log-log (None when it has too few positive
+    points: a line needs ``MIN_FIT_POINTS``)."""
+    keep = (steps > 0) & np.isfinite(values) & (values > 0)
+    steps, values = steps[keep], values[keep]
+    if len(steps) < MIN_FIT_POINTS:
+        return None
+    tail = max(MIN_FIT_POINTS, math.ceil(len(steps) / 2))
+    x, y = np.log(steps[-tail:]), np.log(values[-tail:])
+    centred = x - x.mean()
+    spread = float((centred**2).sum())
+    if spread <= 0:
+        return None
+    slope = float((centred * (y - y.mean())).sum()) / spread
+    residuals = y - (y.mean() + slope * centred)
+    noise = math.sqrt(float((residuals**2).sum()) / (len(x) - 2))
+    return Trend(slope, noise / math.sqrt(spread), noise, len(x))
 
 
 def improvement_share(steps: np.ndarray, values: np.ndarray) -> tuple[float, float]:
@@ -70,55 +143,73 @@ def improvement_share(steps: np.ndarray, values: np.ndarray) -> tuple[float, flo
     return share, rel
 
 
-def curve_noise(values: np.ndarray) -> float:
-    """The noise of one point of a loss curve: a robust standard deviation of its second
-    differences (whose variance is 6 sigma^2 for independent noise; a smooth curve's own
-    bend is nearly constant over a few points and the median takes it out). 0 when too
-    short to tell."""
-    if len(values) < MIN_NOISE_POINTS:
-        return 0.0
-    d2 = np.diff(values, n=2)
-    return float(MAD_TO_SIGMA * np.median(np.abs(d2 - np.median(d2))) / math.sqrt(6))
-
-
 def detect(trace: Trace) -> list[Finding]:
     findings = _overfitting(trace)
     steps, values, source = _curve(trace)
     if len(values) == 0 or stopped_early(trace):
         return findings
-    share, rel = improvement_share(steps, values)
-    noise = curve_noise(values)
-    above_noise = _last_quarter_drop(steps, values) > IMPROVING_NOISE_SIGMAS * math.sqrt(2) * noise
-    improving = share > IMPROVING_INFO and rel > IMPROVING_MIN_DROP and above_noise
-    if improving and not findings:
-        findings += _still_improving(share, rel, source, noise)
-    if share < PLATEAU_SHARE or not improving:
+    share, _ = improvement_share(steps, values)
+    if source.endswith("(per step)"):  # no evaluations: the training loss is both curves
+        val = train = power_trend(*_step_curve(trace, smoothed=False)[:2])
+    else:
+        val, train = power_trend(steps, values), _train_trend(trace, source, steps, values)
+    level = _improving_level(val, train)
+    # a warning of overfitting says the end of the run hurt; a note on the gap does not
+    overfit = any(f.is_problem for f in findings)
+    if level is not None and not overfit and val is not None and train is not None:
+        findings += _still_improving(level, val, train, source)
+    if share < PLATEAU_SHARE or level is None:
         findings += _underfitting(trace, share)
     return findings
 
 
-def _last_quarter_drop(steps: np.ndarray, values: np.ndarray) -> float:
-    t_q = steps[0] + (1 - LAST_PART) * (steps[-1] - steps[0])
-    return float(np.interp(t_q, steps, values)) - float(values[-1])
+def _train_trend(trace: Trace, source: str, steps: np.ndarray, values: np.ndarray) -> Trend | None:
+    """The training loss's trend beside the curve judged: the train evaluations, else the
+    per-step loss's block medians."""
+    if source == "train_loss":
+        return power_trend(steps, values)
+    t_steps, t_values = eval_series(trace, "train_loss")
+    if len(t_values) >= MIN_CURVE_POINTS:
+        return power_trend(t_steps.astype(float), t_values)
+    b_steps, b_values, _ = _step_curve(trace, smoothed=False)
+    return power_trend(b_steps, b_values) if len(b_values) else None
 
 
-def _still_improving(share: float, rel: float, source: str, noise: float) -> list[Finding]:
-    severe = rel > IMPROVING_DROP
+def _improving_level(val: Trend | None, train: Trend | None) -> str | None:
+    """ "warning", "info" or None: is the curve still falling, beyond its noise, with the
+    training loss falling too?"""
+    if val is None or train is None or val.sigmas < IMPROVING_SIGMAS:
+        return None
+    if train.gain_if_doubled < IMPROVING_TRAIN_GAIN or train.sigmas < IMPROVING_SIGMAS:
+        return None
+    if val.gain_if_doubled >= IMPROVING_GAIN:
+        return "warning"
+    return "info" if val.gain_if_doubled >= IMPROVING_INFO else None
+
+
+def _still_improving(level: str, val: Trend, train: Trend, source: str) -> list[Finding]:
+    curve = source.split(" ")[0].replace("_", " ")
     return [
         Finding(
             kind="still_improving",
-            severity="warning" if severe else "info",
+            severity=level,
             summary=(
-                f"The {source.split(' ')[0].replace('_', ' ')} was still falling when training "
-                f"ended ({100 * rel:.0f}% lower over the last quarter of the run): train longer."
+                f"The {curve} was still falling when training ended: its last half follows "
+                f"step^{val.slope:.2f}, {val.sigmas:.0f} standard errors of its own noise "
+                f"below flat, which at twice the steps would take it "
+                f"{100 * val.gain_if_doubled:.0f}% lower: train longer."
             ),
             evidence={
-                "last_quarter_share": round_sig(share),
-                "threshold": IMPROVING_DROP,
-                "last_quarter_drop": round_sig(rel),
                 "curve": source,
-                "curve_noise": round_sig(noise),
-                "noise_sigmas": IMPROVING_NOISE_SIGMAS,
+                "predicted_gain_if_doubled": round_sig(val.gain_if_doubled),
+                "threshold": IMPROVING_GAIN if level == "warning" else IMPROVING_INFO,
+                "slope": round_sig(val.slope),
+                "slope_stderr": round_sig(val.stderr),
+                "noise_sigmas": round_sig(val.sigmas),
+                "sigmas_needed": IMPROVING_SIGMAS,
+                "curve_noise": round_sig(val.noise),
+                "points": val.points,
+                "train_predicted_gain_if_doubled": round_sig(train.gain_if_doubled),
             },
             remedies=["train_longer", "raise_lr"],
         )
@@ -135,7 +226,11 @@ def _overfitting(trace: Trace) -> list[Finding]:
     train_fell = len(train) == len(val) and train[-1] < train[best]
     _, tacc = eval_series(trace, "train_accuracy")
     _, vacc = eval_series(trace, "val_accuracy")
-    gap = float(tacc[-1] - vacc[-1]) if len(tacc) and len(vacc) else math.nan
+    gap = (
+        float(np.median(tacc[-END_EVALS:]) - np.median(vacc[-END_EVALS:]))
+        if len(tacc) and len(vacc)
+        else math.nan
+    )
     rising = rise > OVERFIT_RISE and train_fell
     if rising or gap > OVERFIT_GAP:
         severity = "warning"
