@@ -29,6 +29,15 @@ def test_the_root_causes_remedies_are_screened_before_the_more_severe_symptoms()
     ]
 
 
+def test_the_inputs_remedies_come_before_those_of_what_the_inputs_cause() -> None:
+    # raw MNIST-1D into a sigmoid MLP, as diagnosed: both at warning, saturation listed first
+    findings = [
+        _finding("saturated_units", "warning", ["relu_activation", "standardize_inputs"]),
+        _finding("unscaled_inputs", "warning", ["standardize_inputs", "batch_norm"]),
+    ]
+    assert candidate_remedies(findings)[:2] == [["standardize_inputs"], ["batch_norm"]]
+
+
 class _Log(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.log(x)  # NaN for the negative standardised inputs

@@ -101,3 +101,40 @@ def test_a_model_fx_cannot_trace_gets_a_prescription_that_says_so() -> None:
     exp = dd.Experiment(DataDependent, (torch.randn(32, 10), torch.randint(0, 3, (32,))))
     with pytest.raises(Prescription, match="torch.fx could not trace the model"):
         apply_remedies(exp, ["more_capacity"], Context(example=torch.randn(4, 10)))
+
+
+def test_a_recurrent_classifier_grows_its_cell_and_head_together() -> None:
+    # models.rnn branches on the input's shape, which fx cannot trace: resized by call order
+    torch.manual_seed(0)
+    X, y = torch.randn(64, 8), torch.randint(0, 3, (64,))
+    exp = dd.Experiment(lambda: dd.models.rnn(1, 3, cell="gru", width=2), (X, y), steps=3)
+    ctx = Context(example=X[:8])
+    wider = apply_remedies(exp, ["more_capacity"], ctx)
+    model = wider.build()
+    # a width of 2 grows to MIN_GROWN_WIDTH (16), not to 4
+    assert model.rnn.hidden_size == 16 and model.head.fc.in_features == 16
+    # the head's own hidden pair (fc -> tanh -> out) traces on its own and grows too
+    assert model.head.fc.out_features == 16 and model.head.out.in_features == 16
+    assert wider.meta["changes"][-1]["code"] == (
+        "# double the hidden widths: rnn: 2 -> 16 units; head.fc: 2 -> 16 units"
+    )
+    assert model(X[:5]).shape == (5, 3) and len(wider.run().loss) == 3
+    lstm = dd.Experiment(lambda: dd.models.rnn(1, 3, cell="lstm", width=32), (X, y))
+    assert apply_remedies(lstm, ["less_capacity"], ctx).build().rnn.hidden_size == 16
+    with pytest.raises(Prescription, match="could not trace"):
+        apply_remedies(exp, ["less_capacity"], ctx)  # 2 units are not "halved" to 4
+
+
+def test_a_linear_model_gets_a_hidden_layer_and_a_pinned_one_a_prescription() -> None:
+    X, y = torch.randn(64, 10), torch.randint(0, 3, (64,))
+    linear = dd.Experiment(lambda: nn.Linear(10, 3), (X, y), steps=3)
+    grown = apply_remedies(linear, ["more_capacity"], Context(example=X[:8]))
+    model = grown.build()
+    assert [type(m) for m in model] == [nn.Linear, nn.ReLU, nn.Linear]
+    assert model[0].out_features == 64 and model(X).shape == (64, 3)
+    assert "a hidden layer of 64 ReLU units" in grown.meta["changes"][-1]["code"]
+    with pytest.raises(Prescription, match="no hidden width can be halved"):
+        apply_remedies(linear, ["less_capacity"], Context(example=X[:8]))
+    pinned = dd.Experiment(Residual, (X, y))
+    with pytest.raises(Prescription, match="no hidden width can be doubled automatically"):
+        apply_remedies(pinned, ["more_capacity"], Context(example=X[:8]))

@@ -8,6 +8,7 @@ the decisions compare.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -35,6 +36,12 @@ CLIP_MOST_STEPS = 0.5
 MAX_ROUNDS = 3  # greedy rounds: treat the treated experiment for what remains
 # A next round needs its noise run, one screen and one verification (in runs of its own).
 NEXT_ROUND_MINIMUM = 1.0 + 2 * SCREEN_FRACTION
+# lower_lr's rate is cut tenfold again, at most this often, while its screen still blows up
+# (the range test's rate 0.07 where 0.01 trains: a sweep of 50 steps underrates a momentum
+# whose average spans 100).
+MAX_RATE_CUTS = 2
+# A run blew up when the median loss of its last 1/BLOWUP_TAIL of steps is above its first.
+BLOWUP_TAIL = 10
 # A screen that must run past a late blow-up to more than this fraction of the steps is run
 # to the end instead: probed, it is its own verification, where a screen of 0.9 runs and then
 # a verification of 1 would not fit a budget of 3 beside the baseline and a noise run.
@@ -54,6 +61,11 @@ LATE_EFFECT = {
     "less_capacity",
     "train_longer",
 }
+# Problems of the data, upstream of every layer: every statistic the other findings read
+# (saturation, dead units, gradients) is measured on these inputs, so their remedies come
+# first after the named root causes (raw MNIST-1D into a sigmoid MLP: the saturation
+# remedies used the budget and standardize_inputs was never screened).
+UPSTREAM = {"unscaled_inputs"}
 # Remedies that are the same fix as their partner: a switch to ReLU comes with He init.
 PAIRED = {"relu_activation": "he_init", "leaky_relu_activation": "he_init"}
 
@@ -141,6 +153,8 @@ class Trial:
     note: str | None = None  # what the trial taught the search (e.g. the playbook's rule)
     clipped_fraction: float = math.nan  # of the steps, when the trial clipped gradients
     cached: bool = False  # its run came from the trial cache of an earlier, interrupted treat
+    # Its training loss ended above where it started, or not finite: the run blew up.
+    blew_up: bool = False
     # A full-length screen (treated experiment, its probed run): already a verification.
     full_run: tuple[Experiment, Any] | None = field(default=None, repr=False, compare=False)
     # The treated experiment as screened, so verification reuses it rather than applying
@@ -303,6 +317,7 @@ class Round:
         self.screen_steps = self._screening_point()
         self.full_screens = self.screen_steps > FULL_SCREEN_ABOVE * self.exp.steps
         self.ctx = _context(self.exp, self.base.trace, self.base.findings)
+        self.rate_cuts = 0  # lower_lr's further tenfold cuts, after its rate still blew up
         try:
             self._prefetch(candidates)
             self._measure_noise()
@@ -349,7 +364,7 @@ class Round:
         if self.base.stopped_at is not None:
             blew_up.append(self.base.stopped_at)
         if blew_up and min(blew_up) >= screen_steps:
-            screen_steps = min(steps, min(blew_up) + max(1, round(steps * PAST_BLOWUP)))
+            return min(steps, min(blew_up) + max(1, round(steps * PAST_BLOWUP)))
         return screen_steps
 
     def _measure_noise(self) -> None:
@@ -391,6 +406,16 @@ class Round:
                 group = queue.pop(0)
                 trial = self._screen(group, "screen")
                 screened_groups.append(group)
+                if self._blew_up_again(group, trial):
+                    # The rate the range test chose still blew up: the next rate down.
+                    self.rate_cuts += 1
+                    again = (
+                        "the run still blew up at this rate: lower_lr is screened next at a tenth"
+                    )
+                    trial.note = f"{trial.note}; {again}" if trial.note else again
+                    queue.insert(0, group)
+                    bar.advance()
+                    continue
                 if trial.clipped_fraction > CLIP_MOST_STEPS and ["lower_lr"] not in screened_groups:
                     # The playbook's rule: clipping most steps means the rate is too high; a
                     # rate already screened is not screened again.
@@ -404,6 +429,25 @@ class Round:
         reason = f"treat screens at most {MAX_CANDIDATES} remedy sets a round, best-ranked first"
         for group in queue:
             self._record(Trial(group, "screen", "not_tried", self.number, reason=reason))
+        self._last_chance()
+
+    def _last_chance(self) -> None:
+        """Nothing passed, and the run kept for a verification is still unspent: rather than
+        leave it idle, screen the best-ranked candidate the budget left out over the full
+        run (probed, so it is its own verification), in place of its "not tried"."""
+        if self.passed or self.full_screens:
+            return
+        for trial in list(self.search.trials):
+            left_out = (
+                trial.round == self.number
+                and trial.stage == "screen"
+                and trial.status == "not_tried"
+                and not any(r in LATE_EFFECT for r in trial.remedies)
+            )
+            if left_out and not self._shortfall(True, self._most_steps(trial.remedies, True)):
+                self.search.trials.remove(trial)
+                self._screen(trial.remedies, "screen", full=True)
+                return
 
     def _screen_combination(self) -> None:
         """When two compatible remedies both passed screening, screen them together."""
@@ -441,7 +485,9 @@ class Round:
     def _verify(self, best: Trial) -> Outcome:
         # The remedies' own steps were charged when they were screened; a screen served from
         # the trial cache has no candidate, and the remedies are applied again here.
-        treated = best.candidate or apply_remedies(self.exp, best.remedies, self.ctx)
+        treated = best.candidate or apply_remedies(
+            self.exp, best.remedies, self._context_for(best.remedies)
+        )
         run = self._diagnose(treated, "verifying")
         stop_if_interrupted(run.history)
         metrics = metrics_of(run.history)
@@ -489,21 +535,30 @@ class Round:
 
     # -- screening one remedy set ---------------------------------------------------------
 
-    def _screen(self, group: list[str], stage: str) -> Trial:
-        """Screen one remedy set against the baseline at the same step, and record it."""
-        trial = self._screen_trial(group, stage)
+    def _screen(self, group: list[str], stage: str, full: bool = False) -> Trial:
+        """Screen one remedy set against the baseline at the same step, and record it;
+        ``full``: over the full run, probed (its own verification)."""
+        trial = self._screen_trial(group, stage, full)
         self._record(trial)
         if trial.passed:
             self.passed.append(trial)
         return trial
 
-    def _screen_trial(self, group: list[str], stage: str) -> Trial:
+    def _screen_trial(self, group: list[str], stage: str, full: bool = False) -> Trial:
         def trial(status: Status, **fields: Any) -> Trial:
             return Trial(list(group), stage, status, self.number, **fields)
 
         late = self.full_screens or any(r in LATE_EFFECT for r in group)
+        last_chance = None
         # Checked before the remedies are applied (some spend compute while being applied,
         # e.g. a range test) and again after, with what they spent and the steps they set.
+        if full and not late:
+            late = True
+            last_chance = (
+                "screened over the full run: no short screen and its verification fit any "
+                "more and nothing had passed, so the run kept for a verification went to this "
+                "candidate's full-length screen, its own verification"
+            )
         short = self._shortfall(late, self._most_steps(group, late))
         if short:
             return trial("not_tried", reason=short)
@@ -525,20 +580,18 @@ class Round:
         candidate = self._candidate(result, group)
         metrics = metrics_of(history)
         full_run = (candidate, result.diagnosis) if late else None
-        score, baseline_score = (
-            self.scoring.of(metrics),
-            self.scoring.at(self.base.history, result.steps),
-        )
+        score, baseline_score = self.scoring.of(metrics), self._reference(result.steps, late)
         probed = full_run[1].findings if full_run else None
         why_not = self._why_not(score, baseline_score, probed, screen=full_run is None)
         return trial(
             "no_gain" if why_not else "passed",
-            note=why_not,
+            note="; ".join(n for n in (last_chance, why_not) if n) or None,
             steps=history.steps,
             metrics=metrics,
             score=score,
             baseline_score=baseline_score,
             clipped_fraction=float(np.mean(history.clipped)) if history.clipped else math.nan,
+            blew_up=_blew_up(history),
             full_run=full_run,
             candidate=candidate,
             cached=result.cached,
@@ -573,7 +626,7 @@ class Round:
 
     def _candidate(self, result: TrialResult, group: list[str]) -> Experiment:
         """The treated experiment the trial ran; one from the trial cache is rebuilt here."""
-        return result.candidate or apply_remedies(self.exp, group, self.ctx)
+        return result.candidate or apply_remedies(self.exp, group, self._context_for(group))
 
     def _most_steps(self, group: list[str], late: bool) -> int:
         """The steps a screen of ``group`` may cost at most: its run and its remedies' own."""
@@ -588,7 +641,7 @@ class Round:
         return TrialSpec(
             self.exp,
             tuple(group),
-            self.ctx,
+            self._context_for(group),
             steps=None if late else self.screen_steps,
             probed=late,
             allowance=(self.ledger.left, self.ledger.run_steps, reserve),
@@ -621,8 +674,7 @@ class Round:
         screen leaves room for its verification run; a full-length one is its own, but once
         a short screen has passed it too leaves that room: the passed candidate's
         verification comes first."""
-        waiting = any(t.full_run is None for t in self.passed)
-        reserve = self.one_run if (not late or waiting) else 0.0
+        reserve = self.one_run if (not late or self._waiting()) else 0.0
         need = self.ledger.runs(steps) + reserve
         if self.ledger.fits(need):
             return None
@@ -632,6 +684,37 @@ class Round:
             else "this screen and its verification need"
         )
         return self.ledger.shortfall(need, what)
+
+    def _reference(self, steps: int, late: bool) -> float:
+        """What a screen of ``steps`` must beat: the untreated run's score at the same step,
+        or its final score when that is lower. An untreated run that was better at the
+        screening point than at its end (it oscillated, or decayed) would otherwise be
+        judged by a moment it did not keep: SGD with momentum 0.99 scored 61% at a fifth of
+        its run and 28% at the end, and lower_lr, Adam and batch norm (59-70% over the full
+        run) all failed their screens against the 61%. The verification still compares full
+        runs."""
+        at = self.scoring.at(self.base.history, steps)
+        return at if late else min(at, self.base_score)
+
+    def _blew_up_again(self, group: list[str], trial: Trial) -> bool:
+        """lower_lr ran, did not pass, and its run still blew up (``_blew_up``): another
+        cut of its rate is worth a screen, up to ``MAX_RATE_CUTS``."""
+        return (
+            group == ["lower_lr"]
+            and trial.status == "no_gain"
+            and trial.blew_up
+            and self.rate_cuts < MAX_RATE_CUTS
+        )
+
+    def _context_for(self, group: list[str]) -> Context:
+        """The context a remedy set is applied with: lower_lr's carries its rate cuts."""
+        if "lower_lr" not in group or not self.rate_cuts:
+            return self.ctx
+        return dataclasses.replace(self.ctx, lr_cuts=self.rate_cuts)
+
+    def _waiting(self) -> bool:
+        """A short screen passed: its verification needs a run kept for it."""
+        return any(t.full_run is None for t in self.passed)
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -658,7 +741,8 @@ def candidate_remedies(findings: list[Finding]) -> list[list[str]]:
     first (a finding another one is ``caused_by``), then the most severe finding first."""
     problems = sort_findings([f for f in findings if f.is_problem])
     roots = {f.caused_by for f in findings if f.caused_by}
-    problems.sort(key=lambda f: f.kind not in roots)  # stable: severity order within
+    # stable: severity order within roots, upstream problems, the rest
+    problems.sort(key=lambda f: (f.kind not in roots, f.kind not in UPSTREAM))
     seen: list[list[str]] = []
     for f in problems:
         for name in f.remedies:
@@ -708,6 +792,16 @@ def stop_if_interrupted(history: History) -> History:
     if history.stopped == "interrupted":
         raise KeyboardInterrupt
     return history
+
+
+def _blew_up(history: History) -> bool:
+    """The training loss ended non-finite, or above the first step's: it rose instead of
+    falling (SGD at 300 on digits ends at 1e32 with every ReLU dead, finite but diverged)."""
+    losses = [float(v) for v in history.loss]
+    if not losses:
+        return False
+    tail = losses[-max(1, len(losses) // BLOWUP_TAIL) :]
+    return not all(math.isfinite(v) for v in tail) or float(np.median(tail)) > losses[0]
 
 
 def _score(value: float, scoring: Scoring) -> str:

@@ -19,7 +19,9 @@ makes while it is applied too (lower_lr's and raise_lr's learning-rate range tes
    it (and by at least the minimum gain: a point of accuracy, or 2% of the loss).
 3. Screening: each candidate (at most ``MAX_CANDIDATES``) trains from the baseline's seed
    for ``SCREEN_FRACTION`` of the steps, or just past the step where the baseline blew up,
-   and is compared with the baseline's own evaluation at the same step. Trainability
+   and is compared with the baseline's own evaluation at the same step (or the baseline's
+   final score when that is lower: a run that oscillated or decayed is judged by what it
+   delivered, not by a moment it did not keep). Trainability
    remedies (init, activation, normalisation, learning rate...) show within a few dozen
    steps; regularisation remedies only show late, so they are screened over the full run.
    Such a full-length screen is probed and is exactly the verification run (same seed,
@@ -27,6 +29,11 @@ makes while it is applied too (lower_lr's and raise_lr's learning-rate range tes
    therefore use the run set aside for verification (otherwise, after 1 + 0.2 runs and
    that reserve, a budget of 3 leaves 0.8: never enough to screen one). A short screen
    starts only when the budget left holds it and its verification.
+   When no short screen and its verification fit any more and nothing has passed, the run
+   kept for the verification goes to the best-ranked candidate left out, screened over the
+   full run (its own verification) rather than left idle. When lower_lr's screen still
+   blows up (its loss ends above where it started, or not finite), it is screened again at
+   a tenth of that rate (at most twice).
    A remedy that cannot be applied automatically is recorded as a prescription and costs
    nothing; one that throws is recorded with its error and the search goes on.
 4. Combination: when two compatible remedies both passed screening, their combination is
@@ -46,7 +53,9 @@ The headline (``Treatment.verdict``, first in the message) is "repaired" when a 
 kept and the treated run has no warning or critical finding, "partly repaired" with what
 remains (``Treatment.remaining``) when it still has some, "not repaired" when nothing was
 kept, and "healthy" when there was nothing to repair. Candidates are ranked root cause
-first: the remedies of a finding that another finding is ``caused_by``, then by severity.
+first: the remedies of a finding that another finding is ``caused_by``, then those of the
+data's own problems (unscaled inputs: every other statistic is measured on them), then by
+severity.
 
 Every remedy set the search considered is a ``Trial`` with its ``stage`` (screen, combine,
 verify), its ``round`` and a ``status``: kept, passed (screening, not kept), no_gain,

@@ -41,6 +41,9 @@ class Context:
     update_ratio: float = float("nan")  # median update-to-weight ratio of the baseline
     kinds: set[str] = field(default_factory=set)  # finding kinds of the untreated run
     class_counts: list[int] | None = None
+    # lower_lr: how many times its rate is cut tenfold further (treat cuts it again when the
+    # screen at its rate still blew up)
+    lr_cuts: int = 0
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,12 @@ from ..training import is_loader
 from .base import Context, Prescription, Remedy, record_change
 
 STD_FLOOR = 1e-6  # constant features (e.g. digits' blank border pixels) are left unscaled
+# ... and no feature is scaled up by more than 1 / STD_FLOOR_TYPICAL times the typical
+# (median) feature's scale: a pixel that is blank in all training images but a few has a
+# tiny std, and dividing by it made the validation inputs 1e6 (raw digits, lr 0.01: 13%
+# validation accuracy after standardising, 69% before). sklearn's StandardScaler leaves
+# only exactly constant features unscaled, and has the same failure for near-constant ones.
+STD_FLOOR_TYPICAL = 0.1
 AUGMENT_NOISE = 0.1  # Gaussian jitter, in units of each feature's standard deviation
 AUGMENT_SHIFT = 1  # images and signals move by up to one pixel / sample
 
@@ -38,7 +44,9 @@ def _standardize(exp: Experiment, ctx: Context) -> Experiment:
             "data's mean and std, (X - mean) / std, as well as the training data",
         )
     mean = X.mean(0, keepdim=True)
-    std = X.std(0, keepdim=True).clamp_min(STD_FLOOR)
+    std = X.std(0, keepdim=True)
+    floor = max(STD_FLOOR, STD_FLOOR_TYPICAL * float(std.median()))
+    std = std.clamp_min(floor)
     val = None
     if exp.val is not None:
         Xv, yv = exp.val
@@ -46,7 +54,7 @@ def _standardize(exp: Experiment, ctx: Context) -> Experiment:
     return record_change(
         exp,
         "standardize_inputs",
-        "mean, std = X_train.mean(0), X_train.std(0).clamp_min(1e-6); "
+        f"mean, std = X_train.mean(0), X_train.std(0).clamp_min({floor:.3g}); "
         "X = (X - mean) / std  # train statistics, for train and val",
         record={"inputs": {"mean": mean, "std": std}},
         train=((X - mean) / std, y),

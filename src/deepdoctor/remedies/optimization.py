@@ -32,6 +32,7 @@ CLIP_PERCENTILE = 90  # the Tuning Playbook's choice: clip only the rare outsize
 CLIP_OUTLIER = 10.0  # norms beyond 10x the median are a blow-up, not the run's ordinary steps
 LOWER_LR_DIVERGED = 10.0  # a diverging run needs an order of magnitude
 LOWER_LR_OSCILLATING = 3.0  # an oscillating one, a nudge
+NEXT_RATE_DOWN = 10.0  # when the chosen rate still blew up: the next decade down
 TARGET_UPDATE_RATIO = 1e-3  # healthy per-step relative weight change
 RAISE_LR_MIN, RAISE_LR_MAX = 3.0, 30.0
 ADAM_LR = 1e-3  # Adam's customary default, robust across depths
@@ -100,11 +101,15 @@ def _tested(exp: Experiment, remedy: str) -> RangeTest:
 def _lower_lr(exp: Experiment, ctx: Context) -> Experiment:
     test = _tested(exp, "lower_lr")
     suggested = test.suggestion
+    cut = NEXT_RATE_DOWN**ctx.lr_cuts
+    again = f", /{cut:g} since the run still blew up at that rate" if ctx.lr_cuts else ""
     if suggested is not None and suggested < test.base_lr:
-        return _set_lr(exp, "lower_lr", test, suggested, "from a learning-rate range test")
+        how = f"from a learning-rate range test{again}"
+        return _set_lr(exp, "lower_lr", test, suggested / cut, how)
     diverged = bool(ctx.kinds & {"diverging_loss", "nonfinite", "exploding_gradients"})
     divisor = LOWER_LR_DIVERGED if diverged else LOWER_LR_OSCILLATING
-    return _set_lr(exp, "lower_lr", test, test.base_lr / divisor, f"/{divisor:g}: {_why(test)}")
+    how = f"/{divisor:g}: {_why(test)}{again}"
+    return _set_lr(exp, "lower_lr", test, test.base_lr / divisor / cut, how)
 
 
 def _raise_lr(exp: Experiment, ctx: Context) -> Experiment:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..stats import activation_kind
-from .base import set_submodule
+from .base import forward_calls, set_submodule
 
 RESIZABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 PASS_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.Identity)
@@ -143,7 +143,7 @@ def resize_hidden(
     width, new width) for each pair changed. A layer that feeds one pair and consumes
     another (a chain) is resized on both sides."""
     pairs = hidden_pairs(model)
-    new_out = {p.producer: max(min_width, round(p.width * factor)) for p in pairs}
+    new_out = {p.producer: _moved(p.width, factor, min_width) for p in pairs}
     new_in = {p.consumer: new_out[p.producer] for p in pairs}
     norm_size = {n: new_out[p.producer] for p in pairs for n in p.norms}
     for name in set(new_out) | set(new_in):
@@ -157,6 +157,13 @@ def resize_hidden(
     return [
         (p.producer, p.width, new_out[p.producer]) for p in pairs if new_out[p.producer] != p.width
     ]
+
+
+def _moved(width: int, factor: float, least: int) -> int:
+    """``width`` times ``factor``, at least ``least``; unchanged when that would move it the
+    other way (a width of 2 is not "halved" to 4)."""
+    new = max(least, round(width * factor))
+    return new if (new > width) == (factor > 1) else width
 
 
 @torch.no_grad()
@@ -192,3 +199,86 @@ def _resized_norm(old: nn.Module, size: int) -> nn.Module:
         return nn.LayerNorm(size, eps=old.eps, elementwise_affine=old.elementwise_affine)
     assert isinstance(old, nn.modules.batchnorm._BatchNorm)
     return type(old)(size, eps=old.eps, momentum=old.momentum, affine=old.affine)
+
+
+# -- beyond fx pairs: recurrent layers, and a model with no hidden layer ----------------------
+
+RECURRENT = (nn.RNN, nn.LSTM, nn.GRU)
+# The hidden layer a model with none gets: deepdoctor.models.mlp's default width.
+HIDDEN_WIDTH = 64
+
+
+def resize_recurrent(
+    model: nn.Module, example: torch.Tensor, factor: float, min_width: int = 4
+) -> list[tuple[str, int, int]]:
+    """Resize, in place, each RNN / LSTM / GRU whose units the next weight layer called after
+    it reads (a Linear of ``in_features`` its hidden size times its directions: the usual
+    recurrent classifier's head), together with that layer. No tracing is needed (their
+    forward often branches on the input's shape, which fx cannot follow): the call order comes
+    from one forward pass, and a second pass after the change must run, else nothing changes
+    (the caller then prescribes)."""
+    calls = [(name, m) for name, m, _, _ in forward_calls(model, example)]
+    changed: list[tuple[str, str, int, int]] = []
+    for i, (name, module) in enumerate(calls):
+        if not isinstance(module, RECURRENT) or module.proj_size:
+            continue
+        dirs = 2 if module.bidirectional else 1
+        after = [(n, m) for n, m in calls[i + 1 :] if isinstance(m, RESIZABLE)]
+        if not after or not isinstance(after[0][1], nn.Linear):
+            continue
+        head_name, head = after[0]
+        if head.in_features != module.hidden_size * dirs:
+            continue
+        width = _moved(module.hidden_size, factor, min_width)
+        if width != module.hidden_size:
+            changed.append((name, head_name, module.hidden_size, width))
+    originals = {n: model.get_submodule(n) for c in changed for n in c[:2]}
+    for name, head_name, old_width, width in changed:
+        old: Any = model.get_submodule(name)
+        set_submodule(model, name, _recurrent(old, width))
+        reader: Any = model.get_submodule(head_name)
+        dirs = 2 if old.bidirectional else 1
+        growth = width / old_width
+        new = _resized(reader, width * dirs, reader.out_features, growth)
+        set_submodule(model, head_name, new)
+    try:
+        forward_calls(model, example)
+    except Exception:  # the head did not read the recurrent units alone: undo
+        for n, m in originals.items():
+            set_submodule(model, n, m)
+        return []
+    return [(name, old, new) for name, _, old, new in changed]
+
+
+def _recurrent(old: Any, width: int) -> nn.Module:
+    kwargs: dict[str, Any] = {
+        "num_layers": old.num_layers,
+        "bias": old.bias,
+        "batch_first": old.batch_first,
+        "dropout": old.dropout,
+        "bidirectional": old.bidirectional,
+    }
+    if isinstance(old, nn.RNN):
+        kwargs["nonlinearity"] = old.nonlinearity
+    new = type(old)(old.input_size, width, **kwargs)
+    return new.to(old.weight_ih_l0.device, old.weight_ih_l0.dtype)
+
+
+def add_hidden_layer(model: nn.Module, width: int = HIDDEN_WIDTH) -> nn.Module | None:
+    """A model whose only weight layer is one Linear (a linear or logistic model), with that
+    layer replaced by Linear -> ReLU -> Linear through ``width`` hidden units; None for any
+    other model. The new layers take torch's default initialisation."""
+    weights = [(n, m) for n, m in model.named_modules() if isinstance(m, RESIZABLE)]
+    if len(weights) != 1 or not isinstance(weights[0][1], nn.Linear):
+        return None
+    name, old = weights[0][0], weights[0][1]
+    assert isinstance(old, nn.Linear)  # checked above
+    new = nn.Sequential(
+        nn.Linear(old.in_features, width, bias=old.bias is not None),
+        nn.ReLU(),
+        nn.Linear(width, old.out_features, bias=old.bias is not None),
+    ).to(old.weight.device, old.weight.dtype)
+    if not name:
+        return new
+    set_submodule(model, name, new)
+    return model
