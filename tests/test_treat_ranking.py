@@ -7,7 +7,7 @@ from torch import nn
 
 import deepdoctor as dd
 from deepdoctor.findings import Finding
-from deepdoctor.search import candidate_remedies
+from deepdoctor.search import _with_rate, candidate_remedies
 
 
 def _finding(kind: str, severity: str, remedies: list[str], caused_by: str | None = None):
@@ -69,3 +69,24 @@ def test_a_nan_after_updates_gets_the_optimizer_remedies() -> None:
     nonfinite = [f for f in diag.findings if f.kind == "nonfinite"]
     assert nonfinite and nonfinite[0].evidence["step"] > 0
     assert nonfinite[0].remedies == ["lower_lr", "gradient_clipping", "lr_warmup", "adam"]
+
+
+def test_large_inputs_under_sgd_are_standardised_with_a_rate_chosen_again() -> None:
+    X, y = torch.randn(32, 4) * 20, torch.randint(0, 2, (32,))
+    large = Finding(
+        "unscaled_inputs", "warning", "", remedies=["standardize_inputs"], evidence={"rms": 20.0}
+    )
+    sgd = dd.Experiment(
+        lambda: nn.Linear(4, 2), (X, y), optimizer=lambda p: torch.optim.SGD(p, lr=0.01)
+    )
+    adam = sgd.replace(optimizer=lambda p: torch.optim.Adam(p, lr=1e-3))
+    found = candidate_remedies([large])
+    assert _with_rate(found, [large], sgd) == [
+        ["standardize_inputs", "raise_lr"],
+        ["standardize_inputs"],
+    ]
+    assert _with_rate(found, [large], adam) == [["standardize_inputs"]]  # Adam divides it out
+    tiny = Finding(
+        "unscaled_inputs", "warning", "", remedies=["standardize_inputs"], evidence={"rms": 0.01}
+    )
+    assert _with_rate(found, [tiny], sgd) == [["standardize_inputs"]]

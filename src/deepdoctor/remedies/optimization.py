@@ -48,6 +48,24 @@ def base_factory(exp: Experiment) -> OptFactory:
     return exp.optimizer  # type: ignore[return-value]
 
 
+# Optimizers that divide each gradient by a running estimate of its own scale.
+ADAPTIVE = (
+    torch.optim.Adam,
+    torch.optim.AdamW,
+    torch.optim.Adamax,
+    torch.optim.NAdam,
+    torch.optim.RAdam,
+    torch.optim.RMSprop,
+    torch.optim.Adagrad,
+    torch.optim.Adadelta,
+)
+
+
+def is_adaptive(exp: Experiment) -> bool:
+    """The experiment's optimizer scales its steps per parameter (Adam, RMSprop, ...)."""
+    return isinstance(base_factory(exp)([torch.zeros(1, requires_grad=True)]), ADAPTIVE)
+
+
 class ScaledLR:
     """An optimizer factory whose rate is ``factor`` times its base factory's (a class, not
     a closure, so a treated experiment pickles for trials in other processes)."""
