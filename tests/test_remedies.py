@@ -52,6 +52,9 @@ CONTRACT = [
     "more_capacity",
     "less_capacity",
     "train_longer",
+    # added with the pretrained_drift kind (issue 15): the names above keep their meaning
+    "discriminative_lr",
+    "freeze_pretrained",
 ]
 
 
@@ -818,6 +821,9 @@ def test_capacity_without_a_spec_widens_through_fx_and_without_room_is_a_prescri
 # -- every remedy ---------------------------------------------------------------------------
 
 
+FINE_TUNING = ("discriminative_lr", "freeze_pretrained")
+
+
 def full_context(split: dd.data.Split) -> Context:
     return context(
         split,
@@ -834,7 +840,9 @@ def test_remedy_leaves_the_input_alone_logs_code_and_builds_deterministically(
 ) -> None:
     model = sick_spec()
     optimizer = sgd(0.1)
-    exp = experiment(raw_digits, model, optimizer=optimizer, meta={"owner": "me"})
+    # the fine-tuning remedies need to be told which layers are pretrained
+    tuned = {"pretrained": ["fc1", "fc2"]} if name in FINE_TUNING else {}
+    exp = experiment(raw_digits, model, optimizer=optimizer, meta={"owner": "me"}, **tuned)
     fields = dict(vars(exp))
     train, val = exp.train, exp.val
     treated = apply_remedies(exp, [name], full_context(raw_digits))

@@ -23,9 +23,10 @@ from torch import nn
 from . import training
 from .batch import Inputs
 from .checks import check_int, check_number
-from .detectors import BLOWUP_FACTOR, coverage, detect
+from .detectors import BLOWUP_FACTOR, coverage, detect, fine_tuning
 from .experiment import Experiment
 from .findings import Finding
+from .pretrained import PretrainedSpec
 from .probe import Probe
 from .reference import fit_reference
 from .results import Result
@@ -76,7 +77,16 @@ class Diagnosis(Result):
         out["trace"] = self.trace.to_dict()
         # The one figure of learning speed at the start and end that page and terminal show.
         out["learning_speed"] = self.trace.learning_speed_at_ends()
+        if self.fine_tuning is not None:
+            out["fine_tuning"] = self.fine_tuning
         return out
+
+    @property
+    def fine_tuning(self) -> dict[str, Any] | None:
+        """The per-part reading of a fine-tuning run (``diagnose(..., pretrained=...)``):
+        pretrained, frozen and head layers, their update-to-weight ratios, the pretrained
+        layers' drift in the first steps (``detectors.transfer.fine_tuning``); else None."""
+        return fine_tuning(self.trace)
 
     @classmethod
     def from_experiment(cls, experiment: Experiment, **options: Any) -> Diagnosis:
@@ -189,6 +199,7 @@ def diagnose(
     augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
     blowup: float = BLOWUP_FACTOR,
     reference: bool = True,
+    pretrained: PretrainedSpec = None,
     name: str = "diagnose",
     description: str = "",
 ) -> Diagnosis:
@@ -201,6 +212,9 @@ def diagnose(
     20 times per run). blowup: stop when the loss exceeds this multiple of its start.
     reference: fit cheap scikit-learn models on the same split (``deepdoctor.reference``,
     about a second) as the yardstick for underfitting; False to skip them.
+    pretrained: for a fine-tuning run, the pretrained modules' names (``["encoder"]``) or the
+    state dict loaded into the model (``deepdoctor.pretrained``); the Diagnosis then reads the
+    run per part (``diag.fine_tuning``) and warns when the pretrained layers are wiped out.
     The other keywords are passed to ``deepdoctor.training.train``.
 
     >>> import deepdoctor as dd
@@ -234,7 +248,7 @@ def diagnose(
     facts = training.data_facts(train, loss_fn, n_classes, prediction)
     facts.update(steps_planned=steps, batch_size=batch_size, seed=seed, blowup_factor=blowup)
     probe_opt = optimizer if isinstance(optimizer, torch.optim.Optimizer) else None
-    with Probe(model, optimizer=probe_opt, every=every) as probe:
+    with Probe(model, optimizer=probe_opt, every=every, pretrained=pretrained) as probe:
         for key, value in facts.items():
             setattr(probe.trace.facts, key, value)
         history = training.train(
@@ -314,6 +328,7 @@ def diagnose_experiment(
         early_stopping=exp.early_stopping,
         eval_every=exp.eval_every,
         augment=exp.augment,
+        pretrained=exp.pretrained,
         name=exp.name,
         description=exp.description,
         **options,

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .checks import check_int
+from .pretrained import PretrainedSpec
 from .training import History, OptimizerSpec, as_tensors, is_loader, train
 
 
@@ -48,6 +49,8 @@ class Experiment:
     name: str = "experiment"
     description: str = ""
     n_classes: int | None = None
+    # fine-tuning: the pretrained modules' names or the loaded state dict (deepdoctor.pretrained)
+    pretrained: PretrainedSpec = None
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

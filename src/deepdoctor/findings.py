@@ -28,6 +28,8 @@ KINDS: dict[str, str] = {
     "overfitting": "training loss falls while validation loss rises; large generalisation gap",
     "underfitting": "training and validation both stay poor: too little capacity or signal",
     "still_improving": "training ended while the loss was still clearly falling",
+    "pretrained_drift": "fine-tuning moves the pretrained layers' weights by a large fraction "
+    "of their norm in its first steps, wiping out what pretraining learned",
 }
 
 SEVERITIES: tuple[str, ...] = ("info", "warning", "critical")
@@ -55,6 +57,8 @@ REMEDIES: tuple[str, ...] = (
     "more_capacity",
     "less_capacity",
     "train_longer",
+    "discriminative_lr",
+    "freeze_pretrained",
 )
 
 

@@ -45,7 +45,14 @@ trainable parameters (one fused ``torch._foreach_norm`` call, one host sync). A 
 whose name contains ``bias`` counts as a bias, every other one as a weight; the weight norm
 and the update ratio are taken over all of the layer's trainable parameters, bias included.
 Frozen parameters (``requires_grad=False``) are skipped and listed in
-``trace.facts.frozen_parameters``.
+``trace.facts.frozen_parameters`` (their modules, when nothing of them trains, in
+``trace.facts.frozen_layers``).
+
+Fine-tuning: ``Probe(model, pretrained=["encoder"])`` (module names, or the state dict that
+was loaded) marks the pretrained part; the Probe keeps a copy of its trainable weights from
+the first step and writes each layer's drift ||W - W_0|| / ||W_0|| after
+``pretrained.DRIFT_STEPS`` steps into ``trace.facts.pretrained_drift`` (one host read, once),
+then drops the copy. ``detectors.transfer`` judges it.
 
 Every ``every``-th step (default 16, and always step 0): statistics of activations, outputs,
 inputs, and the update-to-weight ratio. These need a pass over every activation tensor or a
@@ -84,6 +91,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim import optimizer as _optimizer_module
 
+from .pretrained import DRIFT_STEPS, DriftMeter, PretrainedSpec, frozen_layers, pretrained_layers
 from .stats import (
     CHANNEL_FIRST_TYPES,
     ROOT_NAME,
@@ -156,6 +164,7 @@ class Probe:
         every: int = DEFAULT_EVERY,
         activations: bool = True,
         scaler: Any = None,
+        pretrained: PretrainedSpec = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"Probe needs an nn.Module, got {type(model).__name__}")
@@ -178,7 +187,16 @@ class Probe:
             {n: kind for n, (_, kind) in self._acts.items()},
             {n: None for n in self._acts},
             weight_layers=[n for n, m in self._layers.items() if is_weight_layer(m)],
-            facts=RunFacts(frozen_parameters=frozen, every=every),
+            facts=RunFacts(
+                frozen_parameters=frozen,
+                frozen_layers=frozen_layers(model),
+                pretrained_layers=pretrained_layers(model, pretrained),
+                every=every,
+            ),
+        )
+        tuned = set(self._trace.facts.pretrained_layers or ())
+        self._drift = DriftMeter(
+            {n: [p for _, p in ps] for n, ps in self._index.layer_params.items() if n in tuned}
         )
         self._tally = TargetTally()
         # optimizer -> (its parameter lists' ids and lengths, whether it steps this model)
@@ -394,6 +412,8 @@ class Probe:
             return
         first = not self._forward_in_step
         self._forward_in_step = True
+        if self._step == 0:
+            self._drift.begin()
         if first:
             self._batch_len = len(x) if x is not None and x.dim() else None
         if first and self.sampling:
@@ -421,6 +441,8 @@ class Probe:
 
     def _on_step_pre(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> Any:
         self._note_scale()
+        if self._step == 0:
+            self._drift.begin()  # a closure's forward runs after this hook
         try:
             self._lr = float(opt.param_groups[0]["lr"])
         except (KeyError, IndexError, TypeError, ValueError):
@@ -578,6 +600,9 @@ class Probe:
         if self._pending_updates is not None:
             ups = self._pending_updates
             t.updates.append(self._step, {"update_ratio": [ups.get(n, math.nan) for n in t.layers]})
+        if self._step + 1 == DRIFT_STEPS and self._drift.start is not None:
+            t.facts.pretrained_drift = self._drift.measure()  # one host read, once
+            t.facts.drift_steps = DRIFT_STEPS
         self._pending_updates, self._pending_loss = None, None
         self._grad_row = None
         self._grads_nonfinite = False

@@ -107,6 +107,12 @@ class RunFacts:
     blowup_factor: float | None = None  # the loss multiple at which the run was stopped
     nonfinite_at: dict[str, Any] | None = None  # step, first_nonfinite_module, weights
     frozen_parameters: list[str] = field(default_factory=list)
+    frozen_layers: list[str] = field(default_factory=list)  # modules with no trainable parameter
+    # fine-tuning (deepdoctor.pretrained): the layers said to be pretrained (None: not said),
+    # and each trainable one's ||W - W_0|| / ||W_0|| after the first drift_steps steps
+    pretrained_layers: list[str] | None = None
+    pretrained_drift: dict[str, float] | None = None
+    drift_steps: int | None = None
     every: int | None = None  # the Probe's sampling interval
     # the best cheap model's score on the split (deepdoctor.reference), or {"skipped": why}
     reference: dict[str, Any] | None = None

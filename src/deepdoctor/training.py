@@ -472,7 +472,9 @@ def make_optimizer(optimizer: OptimizerSpec, model: nn.Module) -> torch.optim.Op
     if isinstance(optimizer, torch.optim.Optimizer):
         return optimizer
     if callable(optimizer):
-        opt = optimizer(params)
+        # a factory that groups the parameters by module (remedies.transfer) takes the model
+        takes_model = getattr(optimizer, "takes_model", False)
+        opt = optimizer(params, model=model) if takes_model else optimizer(params)
         if not isinstance(opt, torch.optim.Optimizer):
             raise TypeError(
                 f"the optimizer factory returned {type(opt).__name__}; it must take the "

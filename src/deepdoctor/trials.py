@@ -47,6 +47,7 @@ import torch
 
 from .batch import Inputs
 from .experiment import Experiment
+from .pretrained import pretrained_layers
 from .remedies import Context, Prescription, apply_remedies
 from .scoring import metrics_of
 from .training import History, is_loader, loader_tensors
@@ -179,6 +180,7 @@ def _identity(spec: TrialSpec) -> Iterator[Any]:
     yield from _data_identity(exp.val)
     model = exp.build()
     yield str(model)
+    yield pretrained_layers(model, exp.pretrained)
     for key, tensor in model.state_dict().items():
         yield key
         yield _tensor_bytes(tensor)

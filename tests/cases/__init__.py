@@ -937,5 +937,5 @@ def format_confusion(results: list[CaseResult]) -> str:
 
 
 # The later families (data with a Bayes error, regression, full / tiny batches, functional
-# activations, a ResNet, Hugging Face BERT / GPT-2) register themselves on import.
-from . import families  # noqa: E402, F401
+# activations, a ResNet, Hugging Face BERT / GPT-2; fine-tuning) register themselves on import.
+from . import families, finetune  # noqa: E402, F401

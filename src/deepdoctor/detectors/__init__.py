@@ -14,10 +14,11 @@ from collections.abc import Callable
 
 from ..findings import Finding, sort_findings
 from ..trace import Trace
-from . import activations, data, fit, gradients, loss
+from . import activations, data, fit, gradients, loss, transfer
 from .causes import CAUSES, fold_consequences
 from .coverage import coverage
 from .loss import BLOWUP_FACTOR
+from .transfer import fine_tuning
 
 FAMILIES: tuple[Callable[[Trace], list[Finding]], ...] = (
     gradients.detect,
@@ -25,6 +26,7 @@ FAMILIES: tuple[Callable[[Trace], list[Finding]], ...] = (
     loss.detect,
     data.detect,
     fit.detect,
+    transfer.detect,
 )
 
 
@@ -47,4 +49,12 @@ def detect(trace: Trace) -> list[Finding]:
     return sort_findings(fold_consequences(findings))
 
 
-__all__ = ["BLOWUP_FACTOR", "CAUSES", "FAMILIES", "coverage", "detect", "fold_consequences"]
+__all__ = [
+    "BLOWUP_FACTOR",
+    "CAUSES",
+    "FAMILIES",
+    "coverage",
+    "detect",
+    "fine_tuning",
+    "fold_consequences",
+]

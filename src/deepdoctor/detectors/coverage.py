@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..findings import KINDS
+from ..pretrained import DRIFT_STEPS
 from ..stats import DYING_ACTIVATIONS, SATURATING_BOUNDS
 from ..trace import Trace
 from ._common import eval_series, stopped_early, weight_layers
@@ -86,9 +87,26 @@ def coverage(trace: Trace) -> dict[str, Any]:
         + _loss(trace, loss_recorded, finite_loss_steps)
         + _data(trace)
         + _fit(trace, finite_loss_steps)
+        + _fine_tuning(trace)
     )
     out["nothing_judged"] = [] if loss_recorded or grad_recorded else [NO_LOSS, NO_GRADIENT]
     return out
+
+
+def _fine_tuning(trace: Trace) -> list[dict[str, Any]]:
+    """Told which layers are pretrained, but without their drift: say why (untold, the kind
+    is not listed: it needs the user's word, as data detectors need targets)."""
+    facts = trace.facts
+    if facts.pretrained_layers is None or facts.pretrained_drift is not None:
+        return []
+    if not set(facts.pretrained_layers) & set(trace.layers):
+        reason = "every pretrained layer is frozen: their drift is not judged"
+    else:
+        reason = (
+            f"the run ended before {DRIFT_STEPS} steps ({trace.n_steps}): the pretrained "
+            "layers' drift is not judged"
+        )
+    return [_entry("fine-tuning", ["pretrained_drift"], reason)]
 
 
 def _flagged(trace: Trace, what: str) -> np.ndarray:

@@ -23,6 +23,7 @@ from typing import Any
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
+from ..pretrained import PretrainedSpec
 from ..probe import DEFAULT_EVERY
 from .watch import Watch, WatchResults
 
@@ -33,12 +34,19 @@ class DeepDoctorCallback(WatchResults, Callback):
     """Watch a Lightning fit with deepdoctor's Probe; ``.trace``, ``.findings`` after it.
 
     every: record activation statistics every so many steps (the Probe's ``every``).
+    pretrained: the pretrained modules' names or the loaded state dict, for a fine-tuning run
+    (``deepdoctor.pretrained``; the Probe's ``pretrained``).
     report_dir: write ``report.html`` and the diagnosis JSON there at fit end.
     """
 
-    def __init__(self, every: int = DEFAULT_EVERY, report_dir: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        every: int = DEFAULT_EVERY,
+        report_dir: str | Path | None = None,
+        pretrained: PretrainedSpec = None,
+    ) -> None:
         super().__init__()
-        self._watch = Watch(every=every, report_dir=report_dir)
+        self._watch = Watch(every=every, report_dir=report_dir, pretrained=pretrained)
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._watch.start(pl_module)

@@ -27,6 +27,7 @@ from torch import nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.utils import logging
 
+from ..pretrained import PretrainedSpec
 from ..probe import DEFAULT_EVERY
 from .watch import Watch, WatchResults
 
@@ -39,11 +40,18 @@ class DeepDoctorCallback(WatchResults, TrainerCallback):
     """Watch a Trainer run with deepdoctor's Probe; ``.trace``, ``.findings`` after it.
 
     every: record activation statistics every so many steps (the Probe's ``every``).
+    pretrained: the pretrained modules' names or the loaded state dict, for a fine-tuning run
+    (``deepdoctor.pretrained``; the Probe's ``pretrained``).
     report_dir: write ``report.html`` and the diagnosis JSON there at train end.
     """
 
-    def __init__(self, every: int = DEFAULT_EVERY, report_dir: str | Path | None = None) -> None:
-        self._watch = Watch(every=every, report_dir=report_dir)
+    def __init__(
+        self,
+        every: int = DEFAULT_EVERY,
+        report_dir: str | Path | None = None,
+        pretrained: PretrainedSpec = None,
+    ) -> None:
+        self._watch = Watch(every=every, report_dir=report_dir, pretrained=pretrained)
         self._handles: list[Any] = []
 
     def on_train_begin(

@@ -20,6 +20,7 @@ from ..batch import split_batch
 from ..detectors import coverage, detect
 from ..diagnose import Diagnosis
 from ..findings import Finding, sort_findings
+from ..pretrained import PretrainedSpec
 from ..probe import DEFAULT_EVERY, Probe
 from ..trace import Trace
 from ..training import History
@@ -35,8 +36,14 @@ SEVERITY_CODE = {"info": 1, "warning": 2, "critical": 3}  # for loggers that tak
 class Watch:
     """A Probe over one fit, and the losses and targets of the step in progress."""
 
-    def __init__(self, every: int = DEFAULT_EVERY, report_dir: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        every: int = DEFAULT_EVERY,
+        report_dir: str | Path | None = None,
+        pretrained: PretrainedSpec = None,
+    ) -> None:
         self.every = every
+        self.pretrained = pretrained
         self.report_dir = None if report_dir is None else Path(report_dir)
         self.probe: Probe | None = None
         self.diagnosis: Diagnosis | None = None
@@ -48,7 +55,7 @@ class Watch:
     def start(self, model: nn.Module) -> None:
         if self.probe is not None:
             self.probe.detach()
-        self.probe = Probe(model, every=self.every)
+        self.probe = Probe(model, every=self.every, pretrained=self.pretrained)
         self.probe.attach()
         self.diagnosis, self.message = None, None
         self._loss, self._targets, self._steps_seen = None, [], 0

@@ -20,6 +20,7 @@ from . import (
     optimization,
     regularization,
     residual,
+    transfer,
 )
 from .base import Context, Prescription, Remedy
 
@@ -34,6 +35,7 @@ REMEDIES: dict[str, Remedy] = {
         data,
         optimization,
         regularization,
+        transfer,
     )
     for r in module.REMEDIES
 }
@@ -52,6 +54,7 @@ ORDER = [
     "he_init",
     "xavier_init",
     "orthogonal_init",
+    "freeze_pretrained",
     "standardize_inputs",
     "class_weights",
     "data_augmentation",
@@ -59,6 +62,7 @@ ORDER = [
     "lower_lr",
     "raise_lr",
     "lr_warmup",
+    "discriminative_lr",  # after every rate change: it splits the final rate into groups
     "gradient_clipping",
     "weight_decay",
     "dropout",
@@ -76,6 +80,7 @@ CONFLICTS = [
     {"batch_norm", "layer_norm"},
     {"lower_lr", "raise_lr"},
     {"more_capacity", "less_capacity"},
+    {"discriminative_lr", "freeze_pretrained"},  # a frozen part has no rate to lower
 ]
 
 
