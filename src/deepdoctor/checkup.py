@@ -233,14 +233,10 @@ def measure_step0(
                 "the loss does not depend on any trainable parameter, so there is no gradient "
                 "to check; does the model's forward use its layers?"
             )
-        # the loss and the logits' spread in one host sync (float64 holds either exactly)
-        read = [loss.detach().reshape(())]
-        if out.numel() > 1:
-            read.append(out.detach().float().std().to(read[0].device))
-        values = torch.stack([t.double() for t in read]).tolist()
-        logit_std = values[1] if out.numel() > 1 else 0.0
-        probe.record_loss(values[0], targets=y)
-        probe.end_step(gradients_of=loss)
+        # the loss and the logits' spread are read with the Probe's norms: one host sync
+        probe.record_loss(loss, targets=y)
+        spread = [out.detach().float().std()] if out.numel() > 1 else []
+        logit_std = (probe.end_step(gradients_of=loss, read=spread) or [0.0])[0]
     trace = probe.trace
     if not math.isfinite(trace.loss()[0]):
         trace.facts.nonfinite_at = {"step": 0, **locate_nonfinite(probe, X)}

@@ -101,15 +101,20 @@ class DriftMeter:
             with torch.no_grad():
                 self.start = [p.detach().clone() for p in self.params]
 
-    def measure(self) -> dict[str, float]:
-        """||W - W_0|| / ||W_0|| per layer (one host read); the copy is released."""
+    def measure(self) -> torch.Tensor | None:
+        """||W - W_0|| and ||W_0|| per parameter, on the device, for ``drift(values)``; the
+        copy is released. None before ``begin()``."""
         if self.start is None:
-            return {}
+            return None
         with torch.no_grad():
             moved = torch._foreach_norm(torch._foreach_sub(self.params, self.start))
             size = torch._foreach_norm(self.start)
-            read = torch.stack([t.double() for t in (*moved, *size)]).tolist()
+            flat = torch.stack([t.double() for t in (*moved, *size)])
         self.start = None
+        return flat
+
+    def drift(self, read: Sequence[float]) -> dict[str, float]:
+        """||W - W_0|| / ||W_0|| per layer, from the values of ``measure()``."""
         k = len(self.params)
         num, den = [0.0] * len(self.names), [0.0] * len(self.names)
         for j, i in enumerate(self.layer_of):

@@ -35,6 +35,18 @@ loss over the ranks (one all-reduce: call it on every rank), so every rank's tra
 the same values, and ``probe.save(path)`` writes it on rank 0 only. Sharded parameters
 (FSDP) are not supported yet: each rank would read the norms of its own shard.
 
+One host sync a step
+--------------------
+Everything the Probe measures is read into Python at once, with the step's gradient and
+weight norms (in the step pre-hook, or after the closure): the sampled forward's statistics,
+the loss passed to ``record_loss`` as a tensor (when recorded after the step, it is read with
+the next step's norms), a sampled step's update norms and the pretrained layers' drift (also
+with the next step's). What still waits at the end is read when ``probe.trace`` is. Counted
+in ``tests/test_host_syncs.py`` (on a CPU, calls that bring tensor values into Python). More
+reads only: with ``scaler=``, the loss scale (once a step); on the step a norm first falls
+below ``stats.TINY_NORM``, its float64 recount; a forward begun by ``begin_forward`` that
+has not ended when the gradients are read, its own read.
+
 The loss is not visible to module hooks: call ``probe.record_loss(loss)`` once per step
 (before or after ``optimizer.step()``); without it the loss detectors have nothing to read.
 
@@ -51,8 +63,8 @@ Frozen parameters (``requires_grad=False``) are skipped and listed in
 Fine-tuning: ``Probe(model, pretrained=["encoder"])`` (module names, or the state dict that
 was loaded) marks the pretrained part; the Probe keeps a copy of its trainable weights from
 the first step and writes each layer's drift ||W - W_0|| / ||W_0|| after
-``pretrained.DRIFT_STEPS`` steps into ``trace.facts.pretrained_drift`` (one host read, once),
-then drops the copy. ``detectors.transfer`` judges it.
+``pretrained.DRIFT_STEPS`` steps into ``trace.facts.pretrained_drift`` (read with the next
+step's norms), then drops the copy. ``detectors.transfer`` judges it.
 
 Every ``every``-th step (default 16, and always step 0): statistics of activations, outputs,
 inputs, and the update-to-weight ratio. These need a pass over every activation tensor or a
@@ -82,6 +94,7 @@ from __future__ import annotations
 import itertools
 import math
 import weakref
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -102,9 +115,9 @@ from .stats import (
     forward_ordered,
     gradient_norm_tensors,
     is_weight_layer,
-    norms,
     output_tensor,
     parameter_layers,
+    recount_tiny,
 )
 from .trace import RunFacts, Trace
 
@@ -212,8 +225,13 @@ class Probe:
         self._walked: ForwardWalk | None = None  # ... once that forward has run
         self._prediction: torch.Size | None = None  # the shape of this step's prediction
         self._batch_len: int | None = None
-        self._pending_updates: dict[str, float] | None = None
         self._pending_loss: float | None = None
+        # Tensors measured on the device and read at the step's one host sync, each with
+        # what to do with its values: a sampled step's update norms wait for the next step's
+        # read (or the trace's), a loss for the read after it was recorded (see _read_gradients)
+        self._waiting: list[tuple[torch.Tensor, Callable[[list[float]], None]]] = []
+        self._loss_waiting: tuple[torch.Tensor, int] | None = None  # the loss, for its step
+        self._walk_values: list[float] | None = None  # the walk's statistics, read
         self._grad_row: dict[str, list[float]] | None = None
         self._grads_nonfinite = False
         self._snapshot: list[torch.Tensor] | None = None
@@ -223,7 +241,9 @@ class Probe:
 
     @property
     def trace(self) -> Trace:
-        """What the Probe recorded so far (the target tally is brought up to date)."""
+        """What the Probe recorded so far (the target tally is brought up to date, and the
+        values still on the device are read)."""
+        self._flush()
         self._note_scale()
         if self._tally.task is not None:
             for key, value in self._tally.facts().items():
@@ -310,21 +330,41 @@ class Probe:
         """
         if targets is not None:
             self._record_targets(targets)
-        value = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
+        after = not self._forward_in_step and self._trace.n_steps > 0
+        step = self._step - 1 if after else self._step
+        if isinstance(loss, torch.Tensor) or self.world_size > 1:
+            # kept on the device, and read with the next norms or when the trace is read
+            self._loss_waiting = (self._loss_tensor(loss), step)
+        else:
+            self._loss_waiting = None
+            self._put_loss(step, float(loss))
+
+    def _loss_tensor(self, loss: torch.Tensor | float) -> torch.Tensor:
+        """The loss as a float64 scalar on the device; under torch.distributed the mean over
+        the ranks (one all-reduce: call record_loss on every rank), so every rank records
+        the same."""
+        if isinstance(loss, torch.Tensor):
+            if loss.numel() != 1:
+                raise ValueError(
+                    f"record_loss takes the batch's loss as one number, got a tensor of shape "
+                    f"{tuple(loss.shape)}; reduce it first (loss.mean())"
+                )
+            t = loss.detach().reshape(()).to(torch.float64, copy=True)
+        else:
+            device = self._index.params[0].device if self._index.params else None
+            t = torch.tensor(float(loss), dtype=torch.float64, device=device)
         if self.world_size > 1:
-            value = self._mean_over_ranks(value)
-        if not self._forward_in_step and self._trace.n_steps > 0:
+            dist.all_reduce(t)
+            t = t / self.world_size
+        return t
+
+    def _put_loss(self, step: int, value: float) -> None:
+        """The loss of ``step``: into its row once it has one (the last), else kept for it."""
+        if self._trace.n_steps > step:
             self._set_last("loss", value)
             self._set_last("nonfinite_loss", float(not math.isfinite(value)))
         else:
             self._pending_loss = value
-
-    def _mean_over_ranks(self, value: float) -> float:
-        """The mean of every rank's loss (one all-reduce), so every rank records the same."""
-        device = self._index.params[0].device if self._index.params else None
-        t = torch.tensor([value], dtype=torch.float64, device=device)
-        dist.all_reduce(t)
-        return float(t) / self.world_size
 
     def save(self, path: str | Path) -> Path | None:
         """Write the trace to ``path`` (``Trace.save``), on rank 0 only under
@@ -360,21 +400,30 @@ class Probe:
             self._step if step is None else step, {k: [v] for k, v in metrics.items()}
         )
 
-    def end_step(self, gradients_of: torch.Tensor | None = None) -> None:
+    def end_step(
+        self, gradients_of: torch.Tensor | None = None, *, read: Sequence[torch.Tensor] = ()
+    ) -> list[float]:
         """Close the current step by hand, for loops that do not call a torch optimizer.
 
         gradients_of: a loss whose gradients to measure by autograd instead of reading
         ``.grad``; nothing is written to ``.grad`` (this is how a checkup measures step 0
-        without changing the model).
+        without changing the model). read: tensors of your own to read in the step's host
+        sync; their values (flattened, in order) are returned.
         """
+        values: list[float] = []
+        mine = [(t.detach(), values.extend) for t in read]
         if self._grad_row is None:
             grad_norms = (
                 gradient_norm_tensors(gradients_of, self._index.params)
                 if gradients_of is not None
                 else None
             )
-            self._grad_row, self._grads_nonfinite = self._index.read(grad_norms=grad_norms)
+            self._read_gradients(grad_norms, mine)
+        elif mine:
+            self._waiting += mine
+            self._flush()
         self._finish_step()
+        return values
 
     def begin_forward(self, inputs: Any = None) -> None:
         """A training forward begins that may not pass through ``model.forward`` (a
@@ -447,21 +496,23 @@ class Probe:
             self._lr = float(opt.param_groups[0]["lr"])
         except (KeyError, IndexError, TypeError, ValueError):
             self._lr = math.nan
-        if self.sampling:
-            self._snapshot = self._take_snapshot()
         # args are step()'s own: the optimizer itself first, then the closure if positional
         closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
         if not callable(closure):
             self._read_gradients()
+            self._snapshot_if_sampling()
             return None
 
         # A closure (Lightning, LBFGS) runs the forward and backward inside step(): the
         # gradients of this step exist only once it has returned, so read them there. LBFGS
-        # calls it again at trial weights; the first call's gradients are the step's own.
+        # calls it again at trial weights; the first call's gradients are the step's own, and
+        # the weights are still the step's own when it returns. (An optimizer that never
+        # calls the closure gets its gradients read after the step, and no update ratio.)
         def read_after(*a: Any, **k: Any) -> Any:
             result = closure(*a, **k)
             if self._grad_row is None:
                 self._read_gradients()
+                self._snapshot_if_sampling()
             return result
 
         if "closure" in kwargs:
@@ -484,18 +535,64 @@ class Probe:
         facts.loss_scale_min = min(scale, facts.loss_scale_min or scale)
         self._scale = scale
 
-    def _read_gradients(self) -> None:
-        self._grad_row, self._grads_nonfinite = self._index.read()
+    def _read_gradients(self, grad_norms: Any = None, also: Sequence[Any] = ()) -> None:
+        """The step's one host sync: the gradient and weight norms, read together with what
+        waits on the device (the previous sampled step's update norms, the last loss
+        recorded, the pretrained layers' drift) and this step's forward statistics, when
+        its walk is over."""
+        parts = [*self._take_waiting(), *also]
+        walk = self._walked
+        flat = walk.flat() if walk is not None else None
+        if flat is not None:
+            parts.append((flat, self._keep_walk_values))
+        self._grad_row, self._grads_nonfinite, values = self._index.read(
+            grad_norms=grad_norms, also=[t for t, _ in parts]
+        )
+        self._deliver(parts, values)
+
+    def _keep_walk_values(self, values: list[float]) -> None:
+        self._walk_values = values
+
+    def _take_waiting(self) -> list[tuple[torch.Tensor, Callable[[list[float]], None]]]:
+        parts, self._waiting = self._waiting, []
+        if self._loss_waiting is not None:
+            loss, step = self._loss_waiting
+            self._loss_waiting = None
+            parts.append((loss, lambda v: self._put_loss(step, v[0])))
+        return parts
+
+    @staticmethod
+    def _deliver(
+        parts: list[tuple[torch.Tensor, Callable[[list[float]], None]]], values: list[float]
+    ) -> None:
+        k = 0
+        for t, put in parts:
+            put(values[k : k + t.numel()])
+            k += t.numel()
+
+    def _flush(self) -> None:
+        """Read what still waits on the device (the last loss, the last update norms)."""
+        parts = self._take_waiting()
+        if parts:
+            device = parts[0][0].device
+            flat = [t.reshape(-1).to(device, torch.float64) for t, _ in parts]
+            self._deliver(parts, torch.cat(flat).tolist())
 
     def _on_step_post(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if self._grad_row is None:  # a closure the optimizer never called
             self._read_gradients()
         if self._snapshot is not None:
-            self._pending_updates = self._update_ratios(self._snapshot)
+            self._measure_updates(self._snapshot)
             self._snapshot = None
         self._finish_step()
 
     # -- measurement ---------------------------------------------------------------------
+
+    def _snapshot_if_sampling(self) -> None:
+        # After the step's read: that read brings back the last sampled step's update norms,
+        # and with them the last use of the buffers the snapshot overwrites.
+        if self.sampling:
+            self._snapshot = self._take_snapshot()
 
     def _take_snapshot(self) -> list[torch.Tensor]:
         """The weights before the update, copied into buffers kept between sampled steps.
@@ -518,24 +615,32 @@ class Probe:
             torch._foreach_copy_(buf, params)
         return buf
 
-    def _update_ratios(self, before: list[torch.Tensor]) -> dict[str, float]:
-        """||after - before|| / ||before|| per layer. ``before`` is the snapshot taken just
-        before the update, and is overwritten; ||before|| is the weight norm already read
-        for this step's row."""
+    def _measure_updates(self, before: list[torch.Tensor]) -> None:
+        """||after - before|| per parameter, on the device; the next read brings the norms
+        back and writes this step's update ratios (over ||before||, the weight norm read for
+        this step's row). ``before`` is the snapshot taken just before the update, and is
+        overwritten (in place: no second copy of the weights)."""
         with torch.no_grad():
-            # in place: no second copy of the weights
             torch._foreach_sub_(before, self._index.params)
-            d = norms(before)
-        weight_norm = (self._grad_row or {}).get("weight_norm", [])
-        dsq = [0.0] * len(self._index.layer_params)
-        for i, v in zip(self._index.layer_of, d, strict=True):
-            dsq[i] += v * v
-        return {
-            name: math.sqrt(dsq[i]) / weight_norm[i]
-            if i < len(weight_norm) and weight_norm[i] > 0
-            else math.nan
-            for i, name in enumerate(self._index.layer_params)
-        }
+            moved = torch.stack(torch._foreach_norm(before)).float()
+        step, weight_norm = self._step, list((self._grad_row or {}).get("weight_norm", []))
+        layer_of, names = list(self._index.layer_of), list(self._index.layer_params)
+
+        def put(values: list[float]) -> None:
+            recount_tiny(before, values)  # as stats.norms does: float32 underflows below 1e-19
+            dsq = [0.0] * len(names)
+            for i, v in zip(layer_of, values, strict=True):
+                dsq[i] += v * v
+            ups = {
+                name: math.sqrt(dsq[i]) / weight_norm[i]
+                if i < len(weight_norm) and weight_norm[i] > 0
+                else math.nan
+                for i, name in enumerate(names)
+            }
+            t = self._trace
+            t.updates.append(step, {"update_ratio": [ups.get(n, math.nan) for n in t.layers]})
+
+        self._waiting.append((moved, put))
 
     def _fix_layer_order(self, walk: ForwardWalk | None) -> None:
         """Put layers in the order the forward pass ran them (once, before the first row)."""
@@ -571,7 +676,9 @@ class Probe:
             self.end_forward()
         walk, self._walked = self._walked, None
         self._stop_walk()
-        seen = walk.read() if walk is not None else None  # one host sync
+        # read with the step's norms, or here when its walk ended after them (begin_forward)
+        seen = walk.read(self._walk_values) if walk is not None else None
+        self._walk_values = None
         self._fix_layer_order(walk)
         t = self._trace
         row = self._grad_row or {}
@@ -597,17 +704,18 @@ class Probe:
         t.layer.append(self._step, row)
         if seen is not None:
             self._record_walk(seen)
-        if self._pending_updates is not None:
-            ups = self._pending_updates
-            t.updates.append(self._step, {"update_ratio": [ups.get(n, math.nan) for n in t.layers]})
-        if self._step + 1 == DRIFT_STEPS and self._drift.start is not None:
-            t.facts.pretrained_drift = self._drift.measure()  # one host read, once
-            t.facts.drift_steps = DRIFT_STEPS
-        self._pending_updates, self._pending_loss = None, None
+        moved = self._drift.measure() if self._step + 1 == DRIFT_STEPS else None
+        if moved is not None:  # read with the next step's norms
+            self._waiting.append((moved, self._put_drift))
+        self._pending_loss = None
         self._grad_row = None
         self._grads_nonfinite = False
         self._forward_in_step = False
         self._step += 1
+
+    def _put_drift(self, values: list[float]) -> None:
+        self._trace.facts.pretrained_drift = self._drift.drift(values)
+        self._trace.facts.drift_steps = DRIFT_STEPS
 
     def _record_walk(self, seen: Any) -> None:
         """Write a sampled forward's statistics (a ``stats.WalkResult``) into the Trace."""

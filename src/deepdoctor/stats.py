@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -230,7 +230,8 @@ def norms_and(
     also: Sequence[torch.Tensor],
     tiny: set[int] | None = None,
 ) -> tuple[list[float], list[float]]:
-    """``norms(tensors)``, and the 0-dim float64 tensors ``also`` read in the same host sync.
+    """``norms(tensors)``, and the values of the tensors ``also`` (flattened, in order, as
+    float64) read in the same host sync.
 
     ``tiny``: for a caller that reads the same tensors step after step, the positions whose
     norm was below ``TINY_NORM`` the last time; they are read in float64 straight away (a
@@ -241,7 +242,7 @@ def norms_and(
         if not also:
             return [], []
         device = also[0].device
-        return [], torch.stack([t.to(device) for t in also]).tolist()
+        return [], torch.cat([t.reshape(-1).to(device, torch.float64) for t in also]).tolist()
     n = len(tensors)
     exact = sorted(i for i in tiny if i < n) if tiny else []
     fast = [i for i in range(n) if i not in tiny] if exact and tiny else range(n)
@@ -254,7 +255,7 @@ def norms_and(
         parts.append(torch.stack(wide).to(parts[0].device if parts else wide[0].device))
     device = parts[0].device
     if also:
-        parts.append(torch.stack([t.to(device) for t in also]))
+        parts.append(torch.cat([t.reshape(-1).to(device, torch.float64) for t in also]))
     joined = torch.cat([t.double() for t in parts]) if len(parts) > 1 else parts[0]
     read = joined.tolist()
     if len(fast) == n:
@@ -264,15 +265,26 @@ def norms_and(
         for k, i in enumerate(itertools.chain(fast, exact)):
             values[i] = read[k]
     extra = read[n:]
-    recount = [i for i in fast if values[i] < TINY_NORM]  # NaN compares False: stays
-    if recount:
-        wide = torch._foreach_norm([tensors[i] for i in recount], 2, dtype=torch.float64)
-        for i, v in zip(recount, torch.stack(wide).tolist(), strict=True):
-            values[i] = v
+    recount = recount_tiny(tensors, values, fast)
     if tiny is not None:
         tiny.difference_update(i for i in exact if not values[i] < TINY_NORM)
         tiny.update(recount)
     return values, extra
+
+
+def recount_tiny(
+    tensors: Sequence[torch.Tensor], values: list[float], among: Iterable[int] | None = None
+) -> list[int]:
+    """Recompute in float64, in place, the norms in ``values`` (of ``tensors``, positions
+    ``among``, default all) that read below ``TINY_NORM`` in float32; their positions.
+    NaN compares False, so it stays. A second host sync, only when there is one."""
+    positions = range(len(values)) if among is None else among
+    recount = [i for i in positions if values[i] < TINY_NORM]
+    if recount:
+        wide = torch._foreach_norm([tensors[i] for i in recount], 2, dtype=torch.float64)
+        for i, v in zip(recount, torch.stack(wide).tolist(), strict=True):
+            values[i] = v
+    return recount
 
 
 def mean_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -480,26 +492,31 @@ class ParameterIndex:
         self,
         grad_sq: Sequence[float] | None = None,
         grad_norms: Mapping[int, torch.Tensor] | None = None,
-    ) -> tuple[dict[str, list[float]], bool]:
-        """The per-layer norm rows, and whether any gradient was NaN or Inf.
+        also: Sequence[torch.Tensor] = (),
+    ) -> tuple[dict[str, list[float]], bool, list[float]]:
+        """The per-layer norm rows, whether any gradient was NaN or Inf, and the values of
+        the tensors ``also`` (flattened, in order), read in the same host sync.
 
         ``grad_sq``: squared gradient norms per parameter (``self.params`` order, NaN for a
         parameter without one) measured by the caller; ``grad_norms``: the same as
         ``stats.gradient_norm_tensors`` gives them, read with the weight norms; by default
-        the norms of ``.grad``. One host sync in every case.
+        the norms of ``.grad``. One host sync in every case (two on the step a norm first
+        falls below ``TINY_NORM``: it is read again in float64).
         """
         n = len(self.layer_params)
         weight_values: list[float] | None = None
+        extra: list[float] = []
         if grad_norms is not None:
             with torch.no_grad():
-                weight_values, read = norms_and(self.params, list(grad_norms.values()))
+                weight_values, read = norms_and(self.params, [*grad_norms.values(), *also])
+            read, extra = read[: len(grad_norms)], read[len(grad_norms) :]
             grad_sq = _squared(dict(zip(grad_norms, read, strict=True)), len(self.params))
         if grad_sq is None:
             grads = [p.grad for p in self.params]
             present = [j for j, g in enumerate(grads) if g is not None]
             live = [g for g in grads if g is not None]
             with torch.no_grad():
-                values = norms_and([*live, *self.params], [], self._tiny)[0]
+                values, extra = norms_and([*live, *self.params], also, self._tiny)
             grad_values = values[: len(present)]
             squares = {j: v * v for j, v in zip(present, grad_values, strict=True)}
             weight_values = values[len(present) :]
@@ -508,7 +525,7 @@ class ParameterIndex:
             grad_values = list(squares.values())
             if weight_values is None:
                 with torch.no_grad():
-                    weight_values = norms(self.params)
+                    weight_values, extra = norms_and(self.params, also)
         w_sq = [math.nan] * n
         b_sq = [math.nan] * n
         for j, sq in squares.items():
@@ -519,11 +536,15 @@ class ParameterIndex:
         for i, v in zip(self.layer_of, weight_values, strict=True):
             weight_sq[i] += v * v
         nonfinite = any(not math.isfinite(v) for v in grad_values)
-        return {
-            "grad_norm_weight": [math.sqrt(v) for v in w_sq],
-            "grad_norm_bias": [math.sqrt(v) for v in b_sq],
-            "weight_norm": [math.sqrt(v) for v in weight_sq],
-        }, nonfinite
+        return (
+            {
+                "grad_norm_weight": [math.sqrt(v) for v in w_sq],
+                "grad_norm_bias": [math.sqrt(v) for v in b_sq],
+                "weight_norm": [math.sqrt(v) for v in weight_sq],
+            },
+            nonfinite,
+            extra,
+        )
 
 
 # -- one observed forward pass ------------------------------------------------------------------
@@ -663,13 +684,12 @@ class ForwardWalk:
         self._received[key] = received_stats(x, conv_like)
         self.result.act_sources[key] = src
 
-    def read(self) -> WalkResult:
-        """The statistics as floats (one host sync)."""
-        res = self.result
+    def flat(self) -> torch.Tensor | None:
+        """The statistics still on the device, as one flat tensor (None when there are none):
+        for a caller that reads them together with other tensors, into ``read(values)``."""
         tensors = [*self._received.values()]
         if self._input is not None:
             tensors.append(self._input)
-        n_kept, n_std = self._n_kept, len(self._sq_at)
         if self._kept:
             device = self._kept[0].device
             kept = torch.cat([t.to(device) for t in self._kept])
@@ -677,9 +697,20 @@ class ForwardWalk:
             if self._sq_at:
                 dof = torch.tensor(self._dof, dtype=kept.dtype, device=device)
                 tensors.insert(1, (kept[self._sq_at] / dof).sqrt())  # as mean_std does
-        if tensors:
-            device = tensors[0].device
-            values = torch.cat([t.reshape(-1).to(device) for t in tensors]).tolist()
+        if not tensors:
+            return None
+        device = tensors[0].device
+        return torch.cat([t.reshape(-1).to(device) for t in tensors])
+
+    def read(self, values: list[float] | None = None) -> WalkResult:
+        """The statistics as floats: ``values`` read from ``flat()``, else read here (one
+        host sync)."""
+        res = self.result
+        n_kept, n_std = self._n_kept, len(self._sq_at)
+        if values is None:
+            flat = self.flat()
+            values = [] if flat is None else flat.tolist()
+        if values:
             scalars = values[:n_kept]
             std_at = dict(zip(self._sq_at, values[n_kept : n_kept + n_std], strict=True))
             nan = math.nan

@@ -246,7 +246,10 @@ def fit_output(out: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
             )
         n_out = out.shape[axis]
         counted = y[y != IGNORE_INDEX]  # positions labelled -100 do not count
-        low, top = (int(counted.min()), int(counted.max())) if counted.numel() else (0, 0)
+        # one host sync for both ends
+        low, top = (
+            torch.stack([counted.min(), counted.max()]).tolist() if counted.numel() else (0, 0)
+        )
         if low < 0:
             raise ValueError(
                 f"the targets contain class {low}; class indices run from 0 to classes - 1 "

@@ -84,12 +84,13 @@ class Watch:
 
     def step_maybe_ended(self) -> None:
         """After a batch: when an optimizer step closed since the last call, it gets the
-        loss and targets gathered since (one host sync, the loss's)."""
+        loss and targets gathered since (the loss stays on the device: the Probe reads it
+        with the next step's norms)."""
         probe = self.probe
         if probe is None or probe.step == self._steps_seen:
             return
         self._steps_seen = probe.step
-        loss = math.nan if self._loss is None else float(self._loss)
+        loss: torch.Tensor | float = math.nan if self._loss is None else self._loss
         probe.record_loss(loss)
         for targets in self._targets:  # each micro-batch's, as the Probe counts them
             try:
