@@ -32,8 +32,16 @@ Given a ``DistributedDataParallel`` model, the Probe watches the module it wraps
 carry the model's own names (no ``module.`` prefix). DDP averages the gradients over the
 ranks before the step, so every rank reads the same norms; ``record_loss`` averages the
 loss over the ranks (one all-reduce: call it on every rank), so every rank's trace holds
-the same values, and ``probe.save(path)`` writes it on rank 0 only. Sharded parameters
-(FSDP) are not supported yet: each rank would read the norms of its own shard.
+the same values, and ``probe.save(path)`` writes it on rank 0 only.
+
+Sharded parameters (FSDP2's ``fully_shard``, whose parameters and gradients are DTensors):
+each rank holds a shard, so every norm is global: each rank's float64 sums of squares of
+its shards, all-reduced in one collective for all the norms of a step (a sampled step's
+update norms take a second), then square-rooted. A part that several ranks hold whole (a
+replicated DTensor, or a parameter left unsharded) counts once. Every rank records the same
+values; the loss is averaged over the ranks as under DDP. Create the Probe after
+``fully_shard`` (on the sharded model), in a process group. Not yet for sharded layers:
+the pretrained drift (``pretrained=``); nor the checkup.
 
 One host sync a step
 --------------------
@@ -114,6 +122,7 @@ from .stats import (
     activation_modules,
     forward_ordered,
     gradient_norm_tensors,
+    is_dtensor,
     is_weight_layer,
     output_tensor,
     parameter_layers,
@@ -128,18 +137,29 @@ DEFAULT_EVERY = 16
 __all__ = ["CHANNEL_FIRST_TYPES", "DEFAULT_EVERY", "ROOT_NAME", "Probe"]
 
 
-def _unwrapped(model: nn.Module) -> tuple[nn.Module, int]:
+def _unwrapped(model: nn.Module) -> tuple[nn.Module, int, bool]:
     """The module a DistributedDataParallel wrapper holds (so layers are named as in the
-    model, without the wrapper's ``module.`` prefix), and the number of processes."""
+    model, without the wrapper's ``module.`` prefix), the number of processes, and whether
+    parameters are sharded over them (FSDP2's ``fully_shard``: DTensor parameters)."""
+    sharded = any(is_dtensor(p) for p in model.parameters())
+    if sharded:
+        return model, dist.get_world_size(), True  # a DTensor exists only inside a group
     if not isinstance(model, DistributedDataParallel):
-        return model, 1
+        return model, 1, False
     if not (dist.is_available() and dist.is_initialized()):
         raise ValueError(
             "this DistributedDataParallel model's process group is not initialised; call "
             "torch.distributed.init_process_group (torchrun sets up its environment) before "
             "creating the Probe, or give the Probe the unwrapped model"
         )
-    return model.module, dist.get_world_size()
+    return model.module, dist.get_world_size(), False
+
+
+def _type_name(module: nn.Module) -> str:
+    """The layer's class name; under FSDP2 its own, not the ``FSDPLinear`` it is made into."""
+    name = type(module).__name__
+    fsdp = type(module).__module__.startswith("torch.distributed") and name.startswith("FSDP")
+    return name[len("FSDP") :] if fsdp else name
 
 
 def _tensors(inputs: Any) -> list[torch.Tensor]:
@@ -183,7 +203,7 @@ class Probe:
             raise TypeError(f"Probe needs an nn.Module, got {type(model).__name__}")
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be a whole number >= 1, got {every!r}")
-        model, self.world_size = _unwrapped(model)
+        model, self.world_size, sharded = _unwrapped(model)
         self.model = model
         self.optimizer = optimizer
         self.every = every
@@ -193,9 +213,10 @@ class Probe:
         self._layers, frozen = parameter_layers(model)
         self._acts = activation_modules(model)
         self._index = ParameterIndex(self._layers)
+        self._index.sharded = sharded
         self._trace = Trace(
             list(self._layers),
-            {n: type(m).__name__ for n, m in self._layers.items()},
+            {n: _type_name(m) for n, m in self._layers.items()},
             list(self._acts),
             {n: kind for n, (_, kind) in self._acts.items()},
             {n: None for n in self._acts},
@@ -207,7 +228,8 @@ class Probe:
                 every=every,
             ),
         )
-        tuned = set(self._trace.facts.pretrained_layers or ())
+        # the drift of sharded layers is not measured yet: each rank would see its own shard
+        tuned = set(self._trace.facts.pretrained_layers or ()) if not sharded else set()
         self._drift = DriftMeter(
             {n: [p for _, p in ps] for n, ps in self._index.layer_params.items() if n in tuned}
         )
@@ -604,7 +626,7 @@ class Probe:
         first sampled step to ``detach()``; a sampled step needs that copy anyway, so the
         peak memory is the same.
         """
-        params = self._index.params
+        params = self._index.local()
         buf = self._snapshot_buffers
         if len(buf) != len(params) or any(
             b.shape != p.shape or b.dtype != p.dtype or b.device != p.device
@@ -620,17 +642,23 @@ class Probe:
         back and writes this step's update ratios (over ||before||, the weight norm read for
         this step's row). ``before`` is the snapshot taken just before the update, and is
         overwritten (in place: no second copy of the weights)."""
+        sharded = self._index.sharded
         with torch.no_grad():
-            torch._foreach_sub_(before, self._index.params)
-            moved = torch.stack(torch._foreach_norm(before)).float()
+            torch._foreach_sub_(before, self._index.local())
+            if sharded:  # squares summed over the ranks (one collective)
+                moved = self._index.global_squares(before, range(len(before)))
+            else:
+                moved = torch.stack(torch._foreach_norm(before)).float()
         step, weight_norm = self._step, list((self._grad_row or {}).get("weight_norm", []))
         layer_of, names = list(self._index.layer_of), list(self._index.layer_params)
 
         def put(values: list[float]) -> None:
-            recount_tiny(before, values)  # as stats.norms does: float32 underflows below 1e-19
+            if not sharded:
+                recount_tiny(before, values)  # as stats.norms does: float32 underflows
+                values = [v * v for v in values]
             dsq = [0.0] * len(names)
             for i, v in zip(layer_of, values, strict=True):
-                dsq[i] += v * v
+                dsq[i] += v
             ups = {
                 name: math.sqrt(dsq[i]) / weight_norm[i]
                 if i < len(weight_norm) and weight_norm[i] > 0

@@ -35,11 +35,13 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.nn.modules.module import register_module_forward_hook
 
@@ -212,6 +214,20 @@ def forward_ordered(registered: list[str], ran: list[str]) -> list[str]:
 
 
 # -- tensor statistics ------------------------------------------------------------------------
+
+
+def is_dtensor(t: object) -> bool:
+    """True for a torch.distributed DTensor (FSDP2's sharded parameters and gradients).
+    Without importing its module, which costs a second: none exists unless it is loaded."""
+    module = sys.modules.get("torch.distributed.tensor")
+    cls = getattr(module, "DTensor", None)
+    return cls is not None and isinstance(t, cls)
+
+
+def local_part(t: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a DTensor (its shard); any other tensor itself."""
+    d: Any = t
+    return d.to_local() if is_dtensor(t) else t
 
 
 def norms(tensors: Sequence[torch.Tensor]) -> list[float]:
@@ -462,6 +478,7 @@ class ParameterIndex:
 
     def __init__(self, layers: Mapping[str, nn.Module]) -> None:
         seen: set[int] = set()  # a tied parameter belongs to its first layer only
+        self.sharded = False  # parameters sharded over the ranks (FSDP): see share()
         self.layer_params: dict[str, list[tuple[str, nn.Parameter]]] = {}
         for name, m in layers.items():
             own = [
@@ -503,9 +520,10 @@ class ParameterIndex:
         the norms of ``.grad``. One host sync in every case (two on the step a norm first
         falls below ``TINY_NORM``: it is read again in float64).
         """
-        n = len(self.layer_params)
         weight_values: list[float] | None = None
         extra: list[float] = []
+        if self.sharded and grad_norms is None and grad_sq is None:
+            return self._read_sharded(also)
         if grad_norms is not None:
             with torch.no_grad():
                 weight_values, read = norms_and(self.params, [*grad_norms.values(), *also])
@@ -526,6 +544,12 @@ class ParameterIndex:
             if weight_values is None:
                 with torch.no_grad():
                     weight_values, extra = norms_and(self.params, also)
+        nonfinite = any(not math.isfinite(v) for v in grad_values)
+        return self._rows(squares, weight_values), nonfinite, extra
+
+    def _rows(self, squares: Mapping[int, float], weight_values: Sequence[float]) -> Any:
+        """The layer rows from squared gradient norms by parameter and the weight norms."""
+        n = len(self.layer_params)
         w_sq = [math.nan] * n
         b_sq = [math.nan] * n
         for j, sq in squares.items():
@@ -535,16 +559,61 @@ class ParameterIndex:
         weight_sq = [0.0] * n
         for i, v in zip(self.layer_of, weight_values, strict=True):
             weight_sq[i] += v * v
-        nonfinite = any(not math.isfinite(v) for v in grad_values)
-        return (
-            {
-                "grad_norm_weight": [math.sqrt(v) for v in w_sq],
-                "grad_norm_bias": [math.sqrt(v) for v in b_sq],
-                "weight_norm": [math.sqrt(v) for v in weight_sq],
-            },
-            nonfinite,
-            extra,
-        )
+        return {
+            "grad_norm_weight": [math.sqrt(v) for v in w_sq],
+            "grad_norm_bias": [math.sqrt(v) for v in b_sq],
+            "weight_norm": [math.sqrt(v) for v in weight_sq],
+        }
+
+    def local(self) -> list[torch.Tensor]:
+        """Each parameter's part on this rank (its shard; the whole of an unsharded one)."""
+        return [local_part(p) for p in self.params]
+
+    def share(self) -> torch.Tensor:
+        """Per parameter, the fraction of its square each rank contributes to the sum over
+        the ranks: 1 for a part sharded over every rank; a part held whole by several ranks
+        (replicated, or not a DTensor) counts once, divided by the number that hold it."""
+        world = dist.get_world_size()
+        shares = []
+        for p in self.params:
+            d: Any = p
+            if not is_dtensor(d):
+                shares.append(1.0 / world)
+                continue
+            held = 1
+            for dim, placement in enumerate(d.placements):
+                if placement.is_replicate():
+                    held *= d.device_mesh.size(dim)
+            shares.append(1.0 / held)
+        return torch.tensor(shares, dtype=torch.float64)
+
+    def global_squares(self, local: Sequence[torch.Tensor], at: Sequence[int]) -> torch.Tensor:
+        """Squared norms of whole tensors from their parts on this rank, ``local[k]`` a part
+        of (or of the gradient of) ``self.params[at[k]]``: float64 squares, all-reduced in
+        one collective, each weighted by its share."""
+        squares = torch.stack(torch._foreach_norm(list(local), 2, dtype=torch.float64)) ** 2
+        squares = squares * self.share().to(squares.device)[list(at)]
+        dist.all_reduce(squares)
+        return squares
+
+    def _read_sharded(
+        self, also: Sequence[torch.Tensor]
+    ) -> tuple[dict[str, list[float]], bool, list[float]]:
+        """``read`` for sharded parameters: every norm global, from one all-reduce of the
+        ranks' squares, and one host sync."""
+        grads = [p.grad for p in self.params]
+        present = [j for j, g in enumerate(grads) if g is not None]
+        local = [local_part(g) for g in grads if g is not None]
+        n = len(self.params)
+        with torch.no_grad():
+            squares = self.global_squares([*local, *self.local()], [*present, *range(n)])
+            tail = [t.reshape(-1).to(squares.device, torch.float64) for t in also]
+            read = torch.cat([squares, *tail]).tolist()  # the one host sync
+        k = len(present)
+        grad_sq = dict(zip(present, read[:k], strict=True))
+        weight_values = [math.sqrt(v) for v in read[k : k + n]]
+        nonfinite = any(not math.isfinite(v) for v in grad_sq.values())
+        return self._rows(grad_sq, weight_values), nonfinite, read[k + n :]
 
 
 # -- one observed forward pass ------------------------------------------------------------------
