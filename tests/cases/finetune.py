@@ -76,8 +76,10 @@ def finetune(
 @case("healthy-finetune-mlp-digits", family="digits/mlp", healthy=True)
 def _healthy_finetune_digits() -> Experiment:
     """Pretrained 2-layer MLP, new head, fine-tuned with Adam 1e-3: the body drifts 0.11 of
-    its norm in 10 steps (plain PyTorch, seeds 0-2) and keeps the pretraining task."""
-    return finetune("digits/mlp", adam(1e-3), steps=150)
+    its norm in 10 steps (plain PyTorch, seeds 0-2) and keeps the pretraining task. 300
+    steps: the validation loss is at its lowest (600 steps: +4%, +4%, +10% at seeds 0-2;
+    at 150 steps twice the steps still cut it by 8-18%)."""
+    return finetune("digits/mlp", adam(1e-3), steps=300)
 
 
 @case(
@@ -96,7 +98,9 @@ def _drift_digits() -> Experiment:
     "pretrained-drift-cnn1d-mnist1d",
     family="mnist1d/cnn",
     expected=("pretrained_drift",),
-    allowed=("overfitting",),
+    # twice the steps change the validation loss by -29%, +19%, +4% at seeds 0-2 (four
+    # times: -35%, +12%, -26%): still improving at some seeds, by the measurement
+    allowed=("overfitting", "still_improving"),
 )
 def _drift_mnist1d() -> Experiment:
     """A 3-layer 1-D CNN pretrained on MNIST-1D classes 0-4, fine-tuned on 5-9 at Adam 1e-2.
