@@ -36,6 +36,18 @@ EXCLUDED = {
 }
 
 
+# Alarms a checkup is known to raise, with why. The test fails when one stops, so that the
+# entry is removed rather than left to hide a later regression.
+KNOWN_ALARMS: dict[str, tuple[frozenset[str], str]] = {
+    "healthy-bert-tokens": (
+        frozenset({"vanishing_gradients"}),
+        "BERT's query / key projections start 1.7e4-2.4e4x behind its head (attention is "
+        "uniform at BERT's N(0, 0.02^2) init) and catch up within a few steps; diagnose sees "
+        "the catch-up and notes it at info, step 0 alone cannot tell it from vanishing",
+    ),
+}
+
+
 def seen(chk: Checkup) -> set[str]:
     return {f.kind for f in chk.findings if f.is_problem} & SEEABLE
 
@@ -54,8 +66,10 @@ def agreement(case: Case) -> tuple[set[str], set[str], set[str]]:
 )
 def test_checkup_agrees_with_the_case(case: Case) -> None:
     expected, allowed, found = agreement(case)
+    known = KNOWN_ALARMS.get(case.name, (frozenset(), ""))[0]
     if case.healthy:
-        assert not found, f"false alarm on a healthy setup: {sorted(found)}"
+        assert found == known, f"false alarm on a healthy setup: {sorted(found - known)}"
+        return
     assert expected <= found, f"missed {sorted(expected - found)}"
     assert found <= allowed, f"unexpected {sorted(found - allowed)}"
 
