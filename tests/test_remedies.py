@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import textwrap
 from collections.abc import Callable
 
 import numpy as np
@@ -244,6 +245,47 @@ def test_residual_on_an_untraceable_model_without_sequential_is_a_prescription(
     exp = experiment(digits, Untraceable)
     with pytest.raises(Prescription, match="torch.fx cannot trace it"):
         apply_remedies(exp, ["residual"], context(digits))
+
+
+class _Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(16, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.fc(x))
+
+
+class UntraceableBlocks(nn.Module):
+    """Two same-width blocks behind a branch on a tensor's value: fx cannot trace it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.b1, self.b2, self.out = (
+            nn.Linear(64, 16),
+            _Block(),
+            _Block(),
+            nn.Linear(16, 10),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x)
+        if h.mean() > 100:
+            h = h / 2
+        return self.out(self.b2(self.b1(h)))
+
+
+def test_residual_on_an_untraceable_model_prescribes_runnable_code(digits: dd.data.Split) -> None:
+    exp = experiment(digits, UntraceableBlocks)
+    with pytest.raises(Prescription) as raised:
+        apply_remedies(exp, ["residual"], context(digits))
+    code = raised.value.instructions.split(":\n", 1)[1]
+    assert "model.b1 = Residual(model.b1, gated=True, gate_scale=2 ** -0.5)" in code
+    model = exp.build()
+    exec(textwrap.dedent(code), {"model": model})  # the lines run as written
+    assert isinstance(model.b1, dd.models.Residual) and isinstance(model.b2, dd.models.Residual)
+    x = digits.X_val[:4]
+    assert torch.allclose(model(x), model.out(model.inp(x)))  # gates at 0: the identity
 
 
 def test_residual_makes_a_deep_sigmoid_mlp_train(digits: dd.data.Split) -> None:

@@ -166,7 +166,8 @@ def add_residuals_fx(
         raise Prescription(
             remedy,
             f"the model has no nn.Sequential stack and torch.fx cannot trace it "
-            f"({type(exc).__name__}); add x = x + block(x) around same-width blocks by hand",
+            f"({type(exc).__name__}); add x = x + block(x) around same-width blocks by hand"
+            f"{wrap_code(model, example)}",
         ) from exc
     modules = dict(gm.named_modules())
 
@@ -208,6 +209,41 @@ def add_residuals_fx(
     gm.graph.lint()
     gm.recompile()
     return gm
+
+
+def wrap_code(model: nn.Module, example: torch.Tensor) -> str:
+    """Runnable lines that wrap, after building the model, each outermost submodule whose
+    output has its input's shape and that holds a weight layer, in a gated skip (measured by
+    one forward pass); empty when there is none."""
+    shapes: dict[str, tuple[Any, Any]] = {}
+    handles = []
+    for name, module in model.named_modules():
+        if name and any(isinstance(m, WEIGHT_LAYERS) for m in module.modules()):
+
+            def hook(m: nn.Module, args: Any, out: Any, name: str = name) -> None:
+                if args and isinstance(args[0], torch.Tensor) and isinstance(out, torch.Tensor):
+                    shapes.setdefault(name, (tuple(args[0].shape), tuple(out.shape)))
+
+            handles.append(module.register_forward_hook(hook))
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    except Exception:  # the prescription's words stand without the code
+        return ""
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    same = [n for n, (a, b) in shapes.items() if a == b]
+    outer = [n for n in same if not any(n.startswith(f"{o}.") for o in same)]
+    if not outer:
+        return ""
+    lines = [
+        f"model.{n} = Residual(model.{n}, gated=True, gate_scale={len(outer)} ** -0.5)"
+        for n in outer
+    ]
+    return ":\n    from deepdoctor.models import Residual\n    " + "\n    ".join(lines)
 
 
 def _not(node: fx.Node) -> Callable[[fx.Node], bool]:
