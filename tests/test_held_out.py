@@ -13,7 +13,7 @@ two misses, so a regression fails the suite.
 
 from __future__ import annotations
 
-from cases import CASES
+from cases import CASES, run_case_once
 from cases.sweep import summary, sweep
 
 SEEDS = (0, 1, 2)
@@ -22,7 +22,8 @@ SEEDS = (0, 1, 2)
 def test_the_held_out_half_at_three_seeds() -> None:
     # cases with a named detector defect (Case.defect) are counted by the sweep, not here
     held_out = [c for c in CASES if c.held_out and not c.defect]
-    figures = summary(sweep(held_out, SEEDS))
+    # seed 0 is shared with tests/test_calibration.py's runs when both run in one session
+    figures = summary(sweep(held_out, SEEDS, run=run_case_once))
     print(figures)
     assert figures["pairs"] == 3 * len(held_out) and figures["crashes"] == 0
     assert figures["off_label"] <= 0.05 * figures["pairs"], figures  # target: <= 5%

@@ -877,6 +877,19 @@ def run_case(c: Case, seed: int | None = None) -> CaseResult:
     return CaseResult(c, raised, noted, None, ran_with, time.perf_counter() - started)
 
 
+_RUNS: dict[tuple[str, int], CaseResult] = {}
+
+
+def run_case_once(c: Case, seed: int) -> CaseResult:
+    """``run_case`` at ``seed``, remembered for the process: the suite's calibration test
+    (seed 0) and its held-out test (seeds 0-2) share the seed-0 runs instead of diagnosing
+    them twice. A run is seeded and deterministic, so the order does not matter."""
+    key = (c.name, seed)
+    if key not in _RUNS:
+        _RUNS[key] = run_case(c, seed=seed)
+    return _RUNS[key]
+
+
 def crash(error: Exception) -> str:
     """``Type: message (at file:line in function)``, the innermost frame."""
     where = traceback.extract_tb(error.__traceback__)[-1]

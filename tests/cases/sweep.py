@@ -35,13 +35,15 @@ def sweep(
     cases: Iterable[Case],
     seeds: Sequence[int],
     progress: Callable[[CaseResult], None] | None = None,
+    run: Callable[..., CaseResult] = run_case,
 ) -> list[CaseResult]:
-    """Every case at every seed, case by case; a crash is recorded, never raised."""
+    """Every case at every seed, case by case; a crash is recorded, never raised. ``run``:
+    how one case is run at one seed (the tests pass ``run_case_once``)."""
     torch.set_num_threads(1)
     results = []
     for case in cases:
         for seed in seeds:
-            result = run_case(case, seed=seed)
+            result = run(case, seed=seed)
             results.append(result)
             if progress is not None:
                 progress(result)
