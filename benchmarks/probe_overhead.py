@@ -12,9 +12,12 @@ process and its children), with the wall-clock ratio in brackets. A second plain
 the same way gives the noise: its ratio would be 1.000 on a quiet machine. Torch runs with one
 thread (see ``_timing``) unless ``--threads`` says otherwise (0: torch's default count).
 Target: at most 1.05 at default settings; at most 1.15 for the small-step MLP.
+``--before SRC`` also times the Probe of another checkout (its ``src`` directory, loaded
+beside this one in the same process: ``_timing.load_copy``) in the same rounds, so a change
+is measured side by side with the code before it.
 
     .venv/bin/python benchmarks/probe_overhead.py [--rounds 7] [--threads 1]
-        [--models mlp cnn transformer small]
+        [--models mlp cnn transformer small] [--before /path/to/checkout/src]
 """
 
 from __future__ import annotations
@@ -22,7 +25,15 @@ from __future__ import annotations
 import argparse
 
 import torch
-from _timing import benches, interleaved, pin_threads, plain_runner, probe_runner, table
+from _timing import (
+    benches,
+    interleaved,
+    load_copy,
+    pin_threads,
+    plain_runner,
+    probe_runner,
+    table,
+)
 
 
 def main() -> None:
@@ -35,7 +46,11 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (0: torch's default count)"
     )
+    parser.add_argument(
+        "--before", metavar="SRC", help="also time the Probe of the deepdoctor under SRC"
+    )
     args = parser.parse_args()
+    before = load_copy(args.before) if args.before else None
     rounds = 3 if args.quick else args.rounds
     if args.threads:
         pin_threads(args.threads)
@@ -50,6 +65,10 @@ def main() -> None:
             "default": probe_runner(bench),
             "every=1": probe_runner(bench, every=1),
         }
+        if before is not None:
+            runners["default, before"] = probe_runner(bench, package=before)
+            runners["every=1, before"] = probe_runner(bench, every=1, package=before)
+        watched = [n for n in runners if n not in ("plain", "plain again")]
         t = interleaved(runners, bench.block, rounds)
         rows.append(
             [
@@ -57,7 +76,7 @@ def main() -> None:
                 f"{1000 * t.median_step('plain'):.0f}",
                 *(
                     f"{t.ratio(n):.3f} ({t.ratio(n, clock='wall'):.3f})"
-                    for n in ("default", "every=1", "plain again")
+                    for n in (*watched, "plain again")
                 ),
                 str(t.rounds),
             ]
@@ -71,6 +90,11 @@ def main() -> None:
                 "plain step, CPU ms",
                 "Probe default (every=16): CPU (wall)",
                 "Probe every=1: CPU (wall)",
+                *(
+                    ["default, before: CPU (wall)", "every=1, before: CPU (wall)"]
+                    if before is not None
+                    else []
+                ),
                 "plain / plain (noise): CPU (wall)",
                 "rounds",
             ],

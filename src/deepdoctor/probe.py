@@ -61,7 +61,8 @@ The loss is not visible to module hooks: call ``probe.record_loss(loss)`` once p
 What is recorded, and when
 --------------------------
 Every step: the weight- and bias-gradient norms and the weight norm of every module that owns
-trainable parameters (one fused ``torch._foreach_norm`` call, one host sync). A parameter
+trainable parameters (small tensors of one shape stacked, each stack one norm call; one
+host sync). A parameter
 whose name contains ``bias`` counts as a bias, every other one as a weight; the weight norm
 and the update ratio are taken over all of the layer's trainable parameters, bias included.
 Frozen parameters (``requires_grad=False``) are skipped and listed in
@@ -85,10 +86,11 @@ the default ``every=16``, +4% for a 50 x 512 MLP on batches of 128, +1% for a Re
 CNN of 20 conv layers on 32x32 images, +3% for a 6 x 256 transformer on sequences of 128;
 with ``every=1`` +25%, +8%, +7%. Most of the default's cost is the per-step norms, one read
 of every weight and every gradient. Small models pay more, because part of the cost is per
-tensor and per module rather than per number (about 2 us per tensor per step): a 50 x 64
-sigmoid MLP on batches of 64, whose step is 4-6 ms, +24% to +32% (``every=1`` +120%); a
-4 x 512 ReLU MLP on batches of 256, +2% (+16%). A tensor whose norm was tiny the step
-before is read in float64 at once, so a vanishing layer costs no second pass.
+tensor and per module rather than per number: a 50 x 64 sigmoid MLP on batches of 64, whose
+step is 4-7 ms, +15% (``every=1`` +150%; it was +28% before the norms of its small tensors
+were read in stacks, ``stats.norms_and``); a 4 x 512 ReLU MLP on batches of 256, +2% (+16%).
+A tensor whose norm was tiny the step before is read in float64 at once, so a vanishing
+layer costs no second pass.
 
 Activation statistics come from activation modules (``nn.ReLU``, ``nn.Sigmoid`` ...) and, for
 activations applied as functions (``F.relu``, ``torch.sigmoid``), from what the next
