@@ -1,11 +1,10 @@
-"""Host synchronisations (issue 15, item 7): the Probe reads tensors into Python once a step.
+"""Host synchronisations (issue 15, item 7): the Probe and the checkup read tensors into
+Python once a step.
 
 On a CPU there is no device to wait for, so what is counted is every call that brings a
 tensor's values into Python (``tolist``, ``item``, ``float()`` ...): on an accelerator each
-of them is a sync. One exception is deliberate and left as it is: the checkup's gradient
-norms on a CPU (``stats._gradient_norm``) read one float32 scalar per parameter, to recompute
-only tiny or non-finite ones in float64, since a CPU scalar costs no device sync; on an
-accelerator that function reads nothing.
+of them is a sync. A second read is the documented exception: a norm that reads tiny or
+non-finite in float32 is recounted in float64 (on the step it first does, for the Probe).
 """
 
 from __future__ import annotations
@@ -97,24 +96,64 @@ def test_the_values_read_together_are_the_values_read_apart() -> None:
     assert ratio == pytest.approx((moved / size) ** 0.5, rel=1e-5)
 
 
-def test_the_checkup_reads_its_step_once_besides_the_target_check(
+def checkup_reads(
+    monkeypatch: pytest.MonkeyPatch,
+    model: nn.Module,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    **kwargs: object,
+) -> tuple[collections.Counter[str], collections.Counter[str]]:
+    """The reads of one ``dd.checkup``: all of them, and those of its step (measure_step0)."""
+    checkup = sys.modules["deepdoctor.checkup"]
+    measure = checkup.measure_step0
+    step: collections.Counter[str] = collections.Counter()
+    dd.checkup(model, (X, y), **kwargs)  # the first call imports and plans: not what is counted
+    with counted_reads(monkeypatch) as everything:
+
+        def counted(*a: object, **k: object) -> object:
+            before = collections.Counter(everything)
+            out = measure(*a, **k)
+            step.update(everything - before)
+            return out
+
+        monkeypatch.setattr(checkup, "measure_step0", counted)
+        dd.checkup(model, (X, y), **kwargs)
+    return everything, step
+
+
+def test_the_checkup_reads_its_step_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, X, y = net()
+    everything, step = checkup_reads(monkeypatch, model, X, y)
+    # the norms with the loss, the logits' spread, the labels' range and the class counts
+    assert step == {"norms_and": 1}
+    # besides the step, the batch's check at the door (NaN or Inf in X), before any work
+    assert everything == {"norms_and": 1, "as_tensors": 1}
+
+
+def test_the_checkup_recounts_a_vanishing_gradient_in_a_second_read(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     model, X, y = net()
-    checkup = sys.modules["deepdoctor.checkup"]
-    measure = checkup.measure_step0
-    seen: collections.Counter[str] = collections.Counter()
 
-    def counted(*a: object, **k: object) -> object:
-        with counted_reads(monkeypatch) as counts:
-            out = measure(*a, **k)
-        seen.update(counts)
-        return out
+    def faint(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return 1e-30 * nn.functional.cross_entropy(out, target)  # float32 squares: 0
 
-    monkeypatch.setattr(checkup, "measure_step0", counted)
-    dd.checkup(model, (X, y))
-    # per parameter on a CPU, by design (see the module docstring); never on an accelerator
-    assert seen.pop("_gradient_norm") == 4
-    # the class range check of the targets, the step's norms with its loss and logit
-    # spread, and the target counts once the trace is read
-    assert seen == {"fit_output": 1, "norms_and": 1, "facts": 1}
+    _, step = checkup_reads(monkeypatch, model, X, y, loss_fn=faint)
+    assert step == {"norms_and": 1, "recount": 1}
+    chk = dd.checkup(model, (X, y), loss_fn=faint)
+    wide = model.double()  # against plain autograd in float64
+    grads = torch.autograd.grad(faint(wide(X.double()), y), [wide[0].weight, wide[2].weight])
+    model.float()
+    got = [chk.layers[0].grad_norm, chk.layers[1].grad_norm]
+    assert got == pytest.approx([float(g.norm()) for g in grads], rel=1e-5)
+    assert all(0 < g < 1e-28 for g in got)
+
+
+def test_a_wrong_label_is_named_from_the_steps_one_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, X, _ = net()
+    y = torch.full((32,), -100)
+    y[:5] = torch.tensor([0, 1, 2, 1, 4])  # class 4 of 3 outputs; -100 does not count
+    wrong = "^the model has 3 outputs but the targets contain class 4: the last layer needs"
+    with counted_reads(monkeypatch) as counts, pytest.raises(ValueError, match=wrong):
+        dd.checkup(model, (X, y))
+    assert counts["norms_and"] == 1 and "fit_output" not in counts

@@ -20,7 +20,10 @@ How the pass is made
 The model runs in training mode (as the first training step sees it: dropout on, batch norm
 using batch statistics), with torch's RNG seeded by ``seed``. Gradients come from autograd
 (``Probe.end_step(gradients_of=loss)``), so ``.grad`` is never written, and no optimizer
-steps. Afterwards everything is put back: the train / eval mode of every submodule, buffers
+steps. The pass is read into Python once (one host sync): the norms, the loss, the logits'
+spread, the labels' range (the loss sees them clamped to the outputs until then, and a
+wrong one is named after the read) and the class counts; a second read only recounts a
+norm that was tiny or non-finite in float32 (``tests/test_host_syncs.py``). Afterwards everything is put back: the train / eval mode of every submodule, buffers
 (batch-norm running statistics), and the global RNG states of torch, numpy and Python.
 
 The trainable depth: the rate at which the gradient norm changes per weight layer (a
@@ -50,6 +53,7 @@ from .probe import Probe
 from .results import Result
 from .trace import Trace, json_ready
 from .training import (
+    LabelCheck,
     OptimizerSpec,
     as_tensors,
     batches,
@@ -225,18 +229,24 @@ def measure_step0(
     restores modes, buffers and RNG (``complexity.untouched``)."""
     probe = Probe(model, every=1)
     probe.trace.facts.task = task
+    labels: list[LabelCheck] = []
     with probe, located_errors(model):
         yt = targets_for(y, task)
-        out, loss, _ = forward_loss(model, X, yt, loss_fn, task, own_loss)
+        out, loss, _ = forward_loss(model, X, yt, loss_fn, task, own_loss, labels)
         if not loss.requires_grad:
             raise ValueError(
                 "the loss does not depend on any trainable parameter, so there is no gradient "
                 "to check; does the model's forward use its layers?"
             )
-        # the loss and the logits' spread are read with the Probe's norms: one host sync
+        # One host sync: the Probe's norms with the loss, the logits' spread, the labels'
+        # range and the class counts.
         probe.record_loss(loss, targets=y)
         spread = [out.detach().float().std()] if out.numel() > 1 else []
-        logit_std = (probe.end_step(gradients_of=loss, read=spread) or [0.0])[0]
+        ends = [check.ends for check in labels]  # at most one: read last
+        read = probe.end_step(gradients_of=loss, read=[*spread, *ends], with_targets=True)
+        if labels:
+            labels[0].check(read[-2:])
+        logit_std = read[0] if spread else 0.0
     trace = probe.trace
     if not math.isfinite(trace.loss()[0]):
         trace.facts.nonfinite_at = {"step": 0, **locate_nonfinite(probe, X)}

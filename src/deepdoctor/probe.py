@@ -118,12 +118,12 @@ from .pretrained import DRIFT_STEPS, DriftMeter, PretrainedSpec, frozen_layers, 
 from .stats import (
     CHANNEL_FIRST_TYPES,
     ROOT_NAME,
+    AutogradNorms,
     ForwardWalk,
     ParameterIndex,
     TargetTally,
     activation_modules,
     forward_ordered,
-    gradient_norm_tensors,
     is_dtensor,
     is_weight_layer,
     output_tensor,
@@ -425,20 +425,30 @@ class Probe:
         )
 
     def end_step(
-        self, gradients_of: torch.Tensor | None = None, *, read: Sequence[torch.Tensor] = ()
+        self,
+        gradients_of: torch.Tensor | None = None,
+        *,
+        read: Sequence[torch.Tensor] = (),
+        with_targets: bool = False,
     ) -> list[float]:
         """Close the current step by hand, for loops that do not call a torch optimizer.
 
         gradients_of: a loss whose gradients to measure by autograd instead of reading
         ``.grad``; nothing is written to ``.grad`` (this is how a checkup measures step 0
         without changing the model). read: tensors of your own to read in the step's host
-        sync; their values (flattened, in order) are returned.
+        sync; their values (flattened, in order) are returned. with_targets: read the
+        targets' tally (classes and their counts, from ``record_loss(targets=...)``) in that
+        sync too, so that reading the trace right after needs none (a checkup's one step).
         """
         values: list[float] = []
+        mine: list[tuple[torch.Tensor, Callable[[list[float]], None]]]
         mine = [(t.detach(), values.extend) for t in read]
+        tally = self._tally.pending() if with_targets else None
+        if tally is not None:
+            mine.append((tally, self._tally.keep))
         if self._grad_row is None:
             grad_norms = (
-                gradient_norm_tensors(gradients_of, self._index.params)
+                AutogradNorms(gradients_of, self._index.params)
                 if gradients_of is not None
                 else None
             )

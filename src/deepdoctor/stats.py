@@ -15,7 +15,7 @@ What is here:
 - ``ForwardWalk``: one observed forward pass in execution order: each layer's output mean
   and std, each activation module's statistics and the layer that fed it, the input's scale;
 - the tensor statistics themselves: ``norms``, ``mean_std``, ``activation_stats``,
-  ``input_stats``, and ``gradient_sq_norms`` (gradient norms without writing ``.grad``).
+  ``input_stats``, and ``AutogradNorms`` (gradient norms without writing ``.grad``).
 
 The rules for units:
 
@@ -527,70 +527,93 @@ def input_stats(x: torch.Tensor) -> torch.Tensor | None:
         return torch.stack([mean, std, fmean.abs().max(), fstd.max(), fstd.min()])
 
 
-def gradient_sq_norms(loss: torch.Tensor, params: Sequence[torch.Tensor]) -> list[float]:
-    """The squared norm of each parameter's gradient of ``loss`` (NaN for unused ones),
-    without writing ``.grad``.
+def _gradient_norm(grad: torch.Tensor) -> torch.Tensor:
+    """The norm of one gradient as a 0-dim tensor, without reading it.
 
-    Each parameter's hook takes the norm (in float64: a vanishing gradient of 1e-23 squares
-    below float32's range) and hands autograd a zero of no size in place of the gradient,
-    so no more than a layer's gradient is alive at a time: the pass needs less memory than a
-    training step, which keeps every gradient.
+    On a CPU in float32: casting every entry to float64 makes the norm three times as
+    costly, a twentieth of a checkup, so the float32 norm is taken and a tiny or non-finite
+    one is recounted in float64 once read (``AutogradNorms.recount``), as ``norms`` does. On
+    an accelerator, or in another dtype, the float64 norm at once: it is the cheap one there.
     """
-    found = gradient_norm_tensors(loss, params)
-    if not found:
-        return [math.nan] * len(params)
-    device = next(iter(found.values())).device
-    read = torch.stack([n.to(device) for n in found.values()]).tolist()
-    return _squared(dict(zip(found, read, strict=True)), len(params))
+    if _recounted(grad):
+        return torch.linalg.vector_norm(grad)
+    return torch.linalg.vector_norm(grad, dtype=torch.float64)
+
+
+def _recounted(t: torch.Tensor) -> bool:
+    """Whether ``_gradient_norm`` takes a float32 norm of (the gradient of) ``t``."""
+    return t.device.type == "cpu" and t.dtype == torch.float32
+
+
+class AutogradNorms:
+    """The gradient norms of ``loss`` by autograd, one per parameter, without writing
+    ``.grad`` and without a host sync: ``norms`` maps a parameter's index to its norm, a
+    0-dim tensor (unused parameters are missing), read by the caller.
+
+    Each parameter's hook takes the norm and hands autograd a zero of no size in place of
+    the gradient, so no more than a layer's gradient is alive at a time: the pass needs less
+    memory than a training step, which keeps every gradient. When some norm is a float32 one
+    (``_gradient_norm``) the graph is kept, so that ``recount`` can take the few that read
+    tiny or non-finite again in float64, from a second backward pass to those parameters
+    only; the graph goes with the loss.
+    """
+
+    def __init__(self, loss: torch.Tensor, params: Sequence[torch.Tensor]) -> None:
+        self.params = list(params)
+        keep = any(map(_recounted, self.params))
+        self.norms = self._pass(loss, range(len(self.params)), _gradient_norm, keep)
+        self._loss = loss if keep else None
+
+    def _pass(
+        self,
+        loss: torch.Tensor,
+        positions: Iterable[int],
+        norm: Callable[[torch.Tensor], torch.Tensor],
+        keep: bool = False,
+    ) -> dict[int, torch.Tensor]:
+        found: dict[int, torch.Tensor] = {}
+        zeros: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+
+        def make_hook(i: int) -> Callable[[torch.Tensor], torch.Tensor]:
+            def hook(grad: torch.Tensor) -> torch.Tensor:
+                # autograd runs hooks with grad mode off: no graph is recorded here
+                found[i] = norm(grad)
+                key = (grad.dtype, grad.device)
+                if key not in zeros:
+                    zeros[key] = grad.new_zeros(())
+                return zeros[key].expand_as(grad)
+
+            return hook
+
+        chosen = list(positions)
+        inputs = [self.params[i] for i in chosen]
+        handles = [p.register_hook(make_hook(i)) for i, p in zip(chosen, inputs, strict=True)]
+        try:
+            torch.autograd.grad(loss, inputs, allow_unused=True, retain_graph=keep)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return found
+
+    def recount(self, values: dict[int, float]) -> None:
+        """Recompute in float64, in place, the float32 norms in ``values`` (index -> norm as
+        read) outside [``TINY_NORM``, inf): NaN compares False, so it is recounted too (and
+        stays NaN). A second backward pass and host sync, only when there is one."""
+        loss, self._loss = self._loss, None
+        again = [
+            i
+            for i, v in values.items()
+            if not TINY_NORM <= v < math.inf and _recounted(self.params[i])
+        ]
+        if not again or loss is None:
+            return
+        wide = self._pass(loss, again, lambda g: torch.linalg.vector_norm(g, dtype=torch.float64))
+        for i, v in zip(wide, torch.stack(list(wide.values())).tolist(), strict=True):
+            values[i] = v
 
 
 def _squared(norms_by_index: Mapping[int, float], n: int) -> list[float]:
     return [norms_by_index[i] ** 2 if i in norms_by_index else math.nan for i in range(n)]
-
-
-def _gradient_norm(grad: torch.Tensor) -> torch.Tensor:
-    """The norm of one gradient as a 0-dim tensor (float64 where float32 is not enough), as
-    ``norms`` reads it.
-
-    On a CPU the float32 norm is read at once (a CPU scalar costs no device sync) and only a
-    tiny or non-finite one is recomputed in float64: casting every entry to float64 makes
-    the norm three times as costly, a twentieth of a checkup. On an accelerator reading it
-    would stall the backward pass, and the float64 norm is the cheap one there.
-    """
-    if grad.device.type != "cpu" or grad.dtype != torch.float32:
-        return torch.linalg.vector_norm(grad, dtype=torch.float64)
-    norm = torch.linalg.vector_norm(grad)
-    if not TINY_NORM <= norm.item() < math.inf:  # NaN compares False: recomputed as well
-        return torch.linalg.vector_norm(grad, dtype=torch.float64)
-    return norm  # float32: the stack that reads them with the float64 ones is float64
-
-
-def gradient_norm_tensors(
-    loss: torch.Tensor, params: Sequence[torch.Tensor]
-) -> dict[int, torch.Tensor]:
-    """``gradient_sq_norms`` before its host sync: parameter index -> the gradient's norm, a
-    0-dim float64 tensor (unused parameters are missing)."""
-    found: dict[int, torch.Tensor] = {}
-    zeros: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
-
-    def make_hook(i: int) -> Callable[[torch.Tensor], torch.Tensor]:
-        def hook(grad: torch.Tensor) -> torch.Tensor:
-            # autograd runs hooks with grad mode off: no graph is recorded here
-            found[i] = _gradient_norm(grad)
-            key = (grad.dtype, grad.device)
-            if key not in zeros:
-                zeros[key] = grad.new_zeros(())
-            return zeros[key].expand_as(grad)
-
-        return hook
-
-    handles = [p.register_hook(make_hook(i)) for i, p in enumerate(params)]
-    try:
-        torch.autograd.grad(loss, list(params), allow_unused=True)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return found
 
 
 # -- per-layer norms ----------------------------------------------------------------------------
@@ -638,15 +661,15 @@ class ParameterIndex:
     def read(
         self,
         grad_sq: Sequence[float] | None = None,
-        grad_norms: Mapping[int, torch.Tensor] | None = None,
+        grad_norms: AutogradNorms | None = None,
         also: Sequence[torch.Tensor] = (),
     ) -> tuple[dict[str, list[float]], bool, list[float]]:
         """The per-layer norm rows, whether any gradient was NaN or Inf, and the values of
         the tensors ``also`` (flattened, in order), read in the same host sync.
 
         ``grad_sq``: squared gradient norms per parameter (``self.params`` order, NaN for a
-        parameter without one) measured by the caller; ``grad_norms``: the same as
-        ``stats.gradient_norm_tensors`` gives them, read with the weight norms; by default
+        parameter without one) measured by the caller; ``grad_norms``: the norms of a loss's
+        gradients by autograd (``AutogradNorms``), read with the weight norms; by default
         the norms of ``.grad``. One host sync in every case (two on the step a norm first
         falls below ``TINY_NORM``: it is read again in float64).
         """
@@ -655,10 +678,13 @@ class ParameterIndex:
         if self.sharded and grad_norms is None and grad_sq is None:
             return self._read_sharded(also)
         if grad_norms is not None:
+            found = grad_norms.norms
             with torch.no_grad():
-                weight_values, read = norms_and(self.params, [*grad_norms.values(), *also])
-            read, extra = read[: len(grad_norms)], read[len(grad_norms) :]
-            grad_sq = _squared(dict(zip(grad_norms, read, strict=True)), len(self.params))
+                weight_values, read = norms_and(self.params, [*found.values(), *also])
+            measured = dict(zip(found, read[: len(found)], strict=True))
+            extra = read[len(found) :]
+            grad_norms.recount(measured)
+            grad_sq = _squared(measured, len(self.params))
         if grad_sq is None:
             grads = [p.grad for p in self.params]
             present = [j for j, g in enumerate(grads) if g is not None]
@@ -1075,9 +1101,11 @@ class TargetTally:
         self.per_position: bool | None = None
         self._counts: torch.Tensor | None = None
         self._moments: torch.Tensor | None = None  # n, sum, sum of squares (float64)
+        self._kept: list[float] | None = None  # pending()'s values, read since the last add
 
     def add(self, targets: torch.Tensor, prediction: torch.Size | None = None) -> None:
         y = targets.detach()
+        self._kept = None
         if self.task is None:
             self.task = _infer_task(y, prediction)
         if self.task in ("classification", "binary"):
@@ -1111,18 +1139,34 @@ class TargetTally:
             self._counts, self.n_classes = counts, n
         self._counts.scatter_add_(0, bins, torch.ones_like(bins))  # in place: every step
 
+    def pending(self) -> torch.Tensor | None:
+        """What ``facts()`` reads, as one float64 tensor on the device (the counts, then the
+        moments), for a caller that reads it with other values and hands them back to
+        ``keep``; None when nothing was tallied."""
+        parts = [t.to(torch.float64) for t in (self._counts, self._moments) if t is not None]
+        return torch.cat(parts) if parts else None
+
+    def keep(self, values: list[float]) -> None:
+        """The values of ``pending()``, read: ``facts()`` uses them until the next ``add``."""
+        self._kept = list(values)
+
     def facts(self) -> dict[str, Any]:
-        """Task, n_classes, class_counts or target_var, and chance_loss (one host sync)."""
+        """Task, n_classes, class_counts or target_var, and chance_loss (one host sync, none
+        when ``keep`` was given the values since the last ``add``)."""
         out: dict[str, Any] = {"task": self.task}
+        read = self._kept
+        if read is None:
+            pending = self.pending()
+            read = pending.tolist() if pending is not None else []
         if self._counts is not None:
-            counts = self._counts.tolist()[:-1]
+            counts = [int(c) for c in read[: len(self._counts) - 1]]
             out.update(n_classes=len(counts), class_counts=counts)
             if self.per_position is not None:
                 out["targets_per_position"] = self.per_position
             if len(counts) >= 2:
                 out["chance_loss"] = math.log(len(counts))
         if self._moments is not None:
-            n, total, squares = self._moments.tolist()
+            n, total, squares = read[-3:]
             if n > 1:
                 var = (squares - total * total / n) / (n - 1)
                 out.update(target_var=max(0.0, var), chance_loss=max(0.0, var))

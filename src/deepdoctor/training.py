@@ -234,8 +234,55 @@ def logits_of(output: Any) -> torch.Tensor:
     )
 
 
-def fit_output(out: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
-    """Check that predictions fit the targets; squeeze a trailing 1 for scalar targets."""
+@dataclass
+class LabelCheck:
+    """The class-range check of a batch's labels, measured but not read yet: ``ends`` (the
+    smallest and largest label that counts) on the device, judged by ``check`` once read.
+    The checkup reads them with its step's norms; until then the loss sees ``in_range``."""
+
+    ends: torch.Tensor
+    n_out: int
+
+    def in_range(self, y: torch.Tensor) -> torch.Tensor:
+        """``y`` with its labels clamped to the outputs, so that a wrong label cannot fail
+        inside the loss before ``check`` names it (on a GPU, a device-side assert). The same
+        values whenever ``check`` passes."""
+        return torch.where(y == IGNORE_INDEX, y, y.clamp(0, self.n_out - 1))
+
+    def check(self, ends: Sequence[float]) -> None:
+        check_labels(int(ends[0]), int(ends[1]), self.n_out)
+
+
+def label_ends(y: torch.Tensor) -> torch.Tensor:
+    """The smallest and the largest class label over the positions that count (-100 does
+    not), as one tensor on the device: read them together, in one host sync. When none
+    counts, the largest integer and -1, which every check passes."""
+    counted = y != IGNORE_INDEX
+    low = torch.where(counted, y, torch.iinfo(y.dtype).max).amin()
+    return torch.stack([low, torch.where(counted, y, -1).amax()])
+
+
+def check_labels(low: int, top: int, n_out: int) -> None:
+    """Class labels must run from 0 to the number of outputs - 1."""
+    if low < 0:
+        raise ValueError(
+            f"the targets contain class {low}; class indices run from 0 to classes - 1 "
+            f"(and {IGNORE_INDEX} marks a position that does not count)"
+        )
+    if top >= n_out:
+        raise ValueError(
+            f"the model has {n_out} outputs but the targets contain class {top}: the last "
+            f"layer needs at least {top + 1} outputs"
+        )
+
+
+def fit_output(
+    out: torch.Tensor, y: torch.Tensor, task: str, deferred: list[LabelCheck] | None = None
+) -> torch.Tensor:
+    """Check that predictions fit the targets; squeeze a trailing 1 for scalar targets.
+
+    deferred: a list to which the class-range check is appended unread (``LabelCheck``),
+    instead of being read and judged here."""
     if task == "classification":
         axis = class_axis(out.shape, y.shape)
         if axis is None:
@@ -244,22 +291,11 @@ def fit_output(out: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
                 f"indices of shape {tuple(y.shape)}: the output needs shape (batch, classes), "
                 "or (batch, time, classes) for per-position targets (batch, time)"
             )
-        n_out = out.shape[axis]
-        counted = y[y != IGNORE_INDEX]  # positions labelled -100 do not count
-        # one host sync for both ends
-        low, top = (
-            torch.stack([counted.min(), counted.max()]).tolist() if counted.numel() else (0, 0)
-        )
-        if low < 0:
-            raise ValueError(
-                f"the targets contain class {low}; class indices run from 0 to classes - 1 "
-                f"(and {IGNORE_INDEX} marks a position that does not count)"
-            )
-        if top >= n_out:
-            raise ValueError(
-                f"the model has {n_out} outputs but the targets contain class {top}: the last "
-                f"layer needs at least {top + 1} outputs"
-            )
+        labels = LabelCheck(label_ends(y), out.shape[axis]) if y.numel() else None
+        if labels is not None and deferred is not None:
+            deferred.append(labels)
+        elif labels is not None:
+            labels.check(labels.ends.tolist())  # one host sync for both ends
         return out
     if out.dim() == y.dim() + 1 and out.shape[-1] == 1:
         out = out.squeeze(-1)
@@ -307,6 +343,7 @@ def forward_loss(
     loss_fn: Callable[..., torch.Tensor],
     task: str,
     own_loss: bool = False,
+    deferred: list[LabelCheck] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """The prediction and the loss of one batch, and whether the prediction lines up with
     the targets (so that an accuracy means something).
@@ -315,12 +352,15 @@ def forward_loss(
     Face model given ``labels``), as when no ``loss_fn`` was given. Its per-position
     predictions may be aligned with the labels the model's own way (a causal language
     model predicts the next token), so they are not scored against the labels then.
+    deferred: as for ``fit_output``; the caller reads and checks the labels' range later.
     """
     output = call_model(model, x)
-    out = fit_output(logits_of(output), y, task)
+    out = fit_output(logits_of(output), y, task, deferred)
     own = model_loss(output) if own_loss else None
     if own is not None:
         return out, own, out.dim() <= 2
+    if deferred:
+        y = deferred[-1].in_range(y)
     return out, compute_loss(loss_fn, out, y), True
 
 
