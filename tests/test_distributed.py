@@ -2,7 +2,8 @@
 CPU processes) gives the model's own layer names and the same values on both ranks, and
 rank 0 alone writes the trace; a DDP model without a process group gets one sentence. Under
 FSDP2 (fully_shard, which runs on CPU with gloo in torch 2.13) the norms are global:
-tests/fsdp_probe.py checks them against the all-gathered tensors on every rank."""
+tests/fsdp_probe.py checks the Probe's, tests/fsdp_checkup.py the pretrained drift's and the
+checkup's, against the all-gathered tensors on every rank."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from deepdoctor.trace import Trace
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "ddp_probe.py"
 FSDP = Path(__file__).parent / "fsdp_probe.py"
+FSDP_CHECKUP = Path(__file__).parent / "fsdp_checkup.py"
 
 
 def torchrun(script: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
@@ -58,6 +60,14 @@ def test_fsdp_norms_are_global_and_the_same_on_every_rank(tmp_path: Path) -> Non
     assert lines[0].split(":", 1)[1] == lines[1].split(":", 1)[1]
     assert "layers ['0', '2'] types ['Linear', 'Linear']" in lines[0]  # not FSDPLinear
     assert len(list(tmp_path.glob("trace*"))) == 1  # rank 0 only
+
+
+def test_fsdp_drift_and_checkup_are_global_and_the_same_on_every_rank(tmp_path: Path) -> None:
+    run = torchrun(FSDP_CHECKUP, tmp_path)  # asserts the values against the full tensors
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = sorted(re.findall(r"rank \d: drift .*? end", run.stdout))
+    assert [ln.split(":")[0] for ln in lines] == ["rank 0", "rank 1"], run.stdout
+    assert lines[0].split(":", 1)[1] == lines[1].split(":", 1)[1]  # to the last digit
 
 
 def test_ddp_without_a_process_group(tmp_path: Path) -> None:

@@ -20,11 +20,17 @@ How the pass is made
 The model runs in training mode (as the first training step sees it: dropout on, batch norm
 using batch statistics), with torch's RNG seeded by ``seed``. Gradients come from autograd
 (``Probe.end_step(gradients_of=loss)``), so ``.grad`` is never written, and no optimizer
-steps. The pass is read into Python once (one host sync): the norms, the loss, the logits'
-spread, the labels' range (the loss sees them clamped to the outputs until then, and a
-wrong one is named after the read) and the class counts; a second read only recounts a
-norm that was tiny or non-finite in float32 (``tests/test_host_syncs.py``). Afterwards everything is put back: the train / eval mode of every submodule, buffers
+steps. Afterwards everything is put back: the train / eval mode of every submodule, buffers
 (batch-norm running statistics), and the global RNG states of torch, numpy and Python.
+
+The pass is read into Python once (one host sync): the norms, the loss, the logits' spread,
+the labels' range (the loss sees them clamped to the outputs until then, and a wrong one is
+named after the read) and the class counts; a second read only recounts a norm that was
+tiny or non-finite in float32 (``tests/test_host_syncs.py``).
+
+On a model sharded by FSDP2 (``fully_shard``), call it on every rank, each with its batch:
+the norms are global (the gradient FSDP reduces over the ranks, from ``loss.backward()``;
+``.grad`` is put back as it was), the same on every rank, as the Probe's are.
 
 The trainable depth: the rate at which the gradient norm changes per weight layer (a
 least-squares fit of log gradient norm against layer index, over the weight layers), and

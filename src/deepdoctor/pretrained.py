@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .stats import ROOT_NAME
+from .stats import ROOT_NAME, global_squares, local_part
 
 # The drift is read once, after this many steps: fine-tuning wipes out pretrained layers
 # early, while the new head's gradients are large and random (at a destructive rate half of
@@ -88,28 +88,40 @@ def frozen_layers(model: nn.Module) -> list[str]:
 
 class DriftMeter:
     """The weights of the trainable pretrained layers when training began, and how far they
-    have moved since (one copy of those weights, released once measured)."""
+    have moved since (one copy of those weights, released once measured).
 
-    def __init__(self, layers: Mapping[str, Sequence[torch.Tensor]]) -> None:
+    ``sharded``: the parameters are sharded over the ranks (FSDP2): each rank copies its
+    shards, and the norms are global, as the Probe's are (``stats.global_squares``)."""
+
+    def __init__(self, layers: Mapping[str, Sequence[torch.Tensor]], sharded: bool = False) -> None:
         self.names = [n for n, ps in layers.items() if ps]
         self.params = [p for n in self.names for p in layers[n]]
         self.layer_of = [i for i, n in enumerate(self.names) for _ in layers[n]]
+        self.sharded = sharded
         self.start: list[torch.Tensor] | None = None
+
+    def _parts(self) -> list[torch.Tensor]:
+        """The parameters, or this rank's shards of them."""
+        return [local_part(p) for p in self.params] if self.sharded else list(self.params)
 
     def begin(self) -> None:
         if self.start is None and self.params:
             with torch.no_grad():
-                self.start = [p.detach().clone() for p in self.params]
+                self.start = [p.detach().clone() for p in self._parts()]
 
     def measure(self) -> torch.Tensor | None:
         """||W - W_0|| and ||W_0|| per parameter, on the device, for ``drift(values)``; the
-        copy is released. None before ``begin()``."""
+        copy is released. None before ``begin()``. Sharded: one all-reduce."""
         if self.start is None:
             return None
         with torch.no_grad():
-            moved = torch._foreach_norm(torch._foreach_sub(self.params, self.start))
-            size = torch._foreach_norm(self.start)
-            flat = torch.stack([t.double() for t in (*moved, *size)])
+            moved = torch._foreach_sub(self._parts(), self.start)
+            if self.sharded:
+                flat = global_squares([*moved, *self.start], [*self.params, *self.params])
+                flat = flat.sqrt()
+            else:
+                norms = (*torch._foreach_norm(moved), *torch._foreach_norm(self.start))
+                flat = torch.stack([t.double() for t in norms])
         self.start = None
         return flat
 

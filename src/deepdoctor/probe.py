@@ -40,8 +40,12 @@ its shards, all-reduced in one collective for all the norms of a step (a sampled
 update norms take a second), then square-rooted. A part that several ranks hold whole (a
 replicated DTensor, or a parameter left unsharded) counts once. Every rank records the same
 values; the loss is averaged over the ranks as under DDP. Create the Probe after
-``fully_shard`` (on the sharded model), in a process group. Not yet for sharded layers:
-the pretrained drift (``pretrained=``); nor the checkup.
+``fully_shard`` (on the sharded model), in a process group. The pretrained layers' drift
+(``pretrained=``) is global the same way: each rank copies its shards. ``end_step(
+gradients_of=loss)`` (a checkup) runs ``loss.backward()`` instead of autograd's gradients
+(the forward used FSDP's gathered copies, so only FSDP's reduction reaches the sharded
+parameters), reads the sharded ``.grad`` and puts it back as it was. Activation statistics
+are of each rank's own batch.
 
 One host sync a step
 --------------------
@@ -230,10 +234,10 @@ class Probe:
                 every=every,
             ),
         )
-        # the drift of sharded layers is not measured yet: each rank would see its own shard
-        tuned = set(self._trace.facts.pretrained_layers or ()) if not sharded else set()
+        tuned = set(self._trace.facts.pretrained_layers or ())
         self._drift = DriftMeter(
-            {n: [p for _, p in ps] for n, ps in self._index.layer_params.items() if n in tuned}
+            {n: [p for _, p in ps] for n, ps in self._index.layer_params.items() if n in tuned},
+            sharded,
         )
         self._tally = TargetTally()
         # optimizer -> (its parameter lists' ids and lengths, whether it steps this model)
@@ -446,7 +450,9 @@ class Probe:
         tally = self._tally.pending() if with_targets else None
         if tally is not None:
             mine.append((tally, self._tally.keep))
-        if self._grad_row is None:
+        if self._grad_row is None and gradients_of is not None and self._index.sharded:
+            self._read_gradients_by_backward(gradients_of, mine)
+        elif self._grad_row is None:
             grad_norms = (
                 AutogradNorms(gradients_of, self._index.params)
                 if gradients_of is not None
@@ -583,6 +589,23 @@ class Probe:
             grad_norms=grad_norms, also=[t for t, _ in parts]
         )
         self._deliver(parts, values)
+
+    def _read_gradients_by_backward(self, loss: torch.Tensor, also: Sequence[Any]) -> None:
+        """``end_step(gradients_of=loss)`` for sharded parameters. Their forward used the
+        gathered copies FSDP makes, so autograd never reaches the sharded parameters
+        themselves; FSDP reduces the gradients into their ``.grad`` in the backward pass. So
+        ``loss.backward()`` runs, the sharded gradients are read (global norms), and every
+        ``.grad`` is put back as it was."""
+        params = self._index.params
+        kept = [p.grad for p in params]
+        try:
+            for p in params:
+                p.grad = None
+            loss.backward()
+            self._read_gradients(None, also)
+        finally:
+            for p, grad in zip(params, kept, strict=True):
+                p.grad = grad
 
     def _keep_walk_values(self, values: list[float]) -> None:
         self._walk_values = values

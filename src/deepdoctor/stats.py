@@ -616,6 +616,36 @@ def _squared(norms_by_index: Mapping[int, float], n: int) -> list[float]:
     return [norms_by_index[i] ** 2 if i in norms_by_index else math.nan for i in range(n)]
 
 
+def global_squares(local: Sequence[torch.Tensor], whole: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Squared norms of tensors sharded over the ranks, from this rank's parts: ``local[k]``
+    a part of ``whole[k]`` (a DTensor, or a tensor each rank holds whole), or of a tensor
+    laid out like it (its gradient, its change). Float64 squares, each weighted by its
+    share, all-reduced in one collective: every rank gets the same values."""
+    squares = torch.stack(torch._foreach_norm(list(local), 2, dtype=torch.float64)) ** 2
+    squares = squares * _shares(whole).to(squares.device)
+    dist.all_reduce(squares)
+    return squares
+
+
+def _shares(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Per tensor, the fraction of its square each rank contributes to the sum over the
+    ranks: 1 for a part sharded over every rank; a part held whole by several ranks
+    (replicated, or not a DTensor) counts once, divided by the number that hold it."""
+    world = dist.get_world_size()
+    shares = []
+    for t in tensors:
+        d: Any = t
+        if not is_dtensor(d):
+            shares.append(1.0 / world)
+            continue
+        held = 1
+        for dim, placement in enumerate(d.placements):
+            if placement.is_replicate():
+                held *= d.device_mesh.size(dim)
+        shares.append(1.0 / held)
+    return torch.tensor(shares, dtype=torch.float64)
+
+
 # -- per-layer norms ----------------------------------------------------------------------------
 
 
@@ -629,7 +659,7 @@ class ParameterIndex:
 
     def __init__(self, layers: Mapping[str, nn.Module]) -> None:
         seen: set[int] = set()  # a tied parameter belongs to its first layer only
-        self.sharded = False  # parameters sharded over the ranks (FSDP): see share()
+        self.sharded = False  # parameters sharded over the ranks (FSDP): see global_squares
         self.layer_params: dict[str, list[tuple[str, nn.Parameter]]] = {}
         for name, m in layers.items():
             own = [
@@ -756,32 +786,10 @@ class ParameterIndex:
         """Each parameter's part on this rank (its shard; the whole of an unsharded one)."""
         return [local_part(p) for p in self.params]
 
-    def share(self) -> torch.Tensor:
-        """Per parameter, the fraction of its square each rank contributes to the sum over
-        the ranks: 1 for a part sharded over every rank; a part held whole by several ranks
-        (replicated, or not a DTensor) counts once, divided by the number that hold it."""
-        world = dist.get_world_size()
-        shares = []
-        for p in self.params:
-            d: Any = p
-            if not is_dtensor(d):
-                shares.append(1.0 / world)
-                continue
-            held = 1
-            for dim, placement in enumerate(d.placements):
-                if placement.is_replicate():
-                    held *= d.device_mesh.size(dim)
-            shares.append(1.0 / held)
-        return torch.tensor(shares, dtype=torch.float64)
-
     def global_squares(self, local: Sequence[torch.Tensor], at: Sequence[int]) -> torch.Tensor:
-        """Squared norms of whole tensors from their parts on this rank, ``local[k]`` a part
-        of (or of the gradient of) ``self.params[at[k]]``: float64 squares, all-reduced in
-        one collective, each weighted by its share."""
-        squares = torch.stack(torch._foreach_norm(list(local), 2, dtype=torch.float64)) ** 2
-        squares = squares * self.share().to(squares.device)[list(at)]
-        dist.all_reduce(squares)
-        return squares
+        """``global_squares`` of ``local[k]``, a part of (or of the gradient of)
+        ``self.params[at[k]]``."""
+        return global_squares(local, [self.params[i] for i in at])
 
     def _read_sharded(
         self, also: Sequence[torch.Tensor]
