@@ -24,10 +24,18 @@ thresholds below mean the same on every case).
   model predicts one class for (almost) every sample;
 - healthy untouched: a case labelled healthy on which treat applied nothing.
 
+``--random-draws N`` puts a random-remedy search beside it (a published study, ICST 2023,
+found random fixes about as good as the repair tools): ``dd.treat`` with ``remedies=`` as
+many remedy names as treat screens in a round (``MAX_CANDIDATES``), drawn at random seeded
+by the case name and draw, so it shares treat's baseline, noise margin, screens and
+verification; only the choice of candidates differs. Its returned model is scored by the
+same plain code and judged by the same rules.
+
 Each finished case is written to the JSON file (``--out``) as it ends, and a rerun skips the
 cases already there, so an interrupted run resumes. One torch thread (the machine is shared).
 
     PYTHONPATH=src python benchmarks/treat_repairs.py [--cases a,b] [--all] [--out FILE]
+        [--random-draws N]
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import random
 import sys
 import time
 import traceback
@@ -52,6 +61,8 @@ import deepdoctor as dd  # noqa: E402
 import tests.cases.architectures  # noqa: E402, F401  (registers its cases)
 import tests.cases.families  # noqa: E402, F401
 import tests.cases.synthetic  # noqa: E402, F401
+from deepdoctor.remedies import REMEDIES  # noqa: E402
+from deepdoctor.search import MAX_CANDIDATES  # noqa: E402
 from tests.cases import CASES, Case  # noqa: E402
 from tests.cases.verify import _batches as batches  # noqa: E402  (the plain data order)
 from tests.cases.verify import _fit as fit  # noqa: E402
@@ -249,6 +260,34 @@ def measure(case: Case) -> dict[str, Any]:
     }
 
 
+def random_draw(case: str, draw: int) -> list[str]:
+    """Remedy names drawn at random: the same draw on every machine and every rerun."""
+    rng = random.Random(f"{case}/{draw}")
+    return rng.sample(sorted(REMEDIES), MAX_CANDIDATES)
+
+
+def measure_random(case: Case, draw: int) -> dict[str, Any]:
+    """treat with a random draw of remedies, its returned model scored as treat's is."""
+    exp = case.build()
+    metric = metric_for(exp.train[1])
+    names = random_draw(case.name, draw)
+    tr = dd.treat(exp, budget=BUDGET, remedies=names)
+    out = predict(tr.model, exp.val[0])
+    return {
+        "draw": draw,
+        "remedies": names,
+        "applied": list(tr.applied),
+        "treated": score(out, exp.val[1], metric),
+        "one_class_share": one_class_share(out, metric),
+        "compute": tr.compute,
+    }
+
+
+def random_results(r: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each random draw of a case as a result of its own, judged by the same rules."""
+    return [{**r, **d} for d in r.get("random", [])]
+
+
 def judge(r: dict[str, Any]) -> dict[str, bool]:
     """room, repaired, falsely verified, untouched: the figures' definitions (module doc)."""
     u, t, b = r["untreated"], r["treated"], r["best"]
@@ -285,7 +324,7 @@ def table(results: list[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
-def totals(results: list[dict[str, Any]]) -> str:
+def totals(results: list[dict[str, Any]], what: str = "cases") -> str:
     js = [judge(r) for r in results]
     room = sum(j["room"] for j in js)
     repaired = sum(j["repaired"] for j in js)
@@ -293,10 +332,12 @@ def totals(results: list[dict[str, Any]]) -> str:
     healthy = sum(r["healthy"] for r in results)
     compute = [r["compute"] for r in results]
     return (
-        f"cases {len(results)}: repaired {repaired}/{room} with room "
+        f"{what} {len(results)}: repaired {repaired}/{room} with room "
         f"({repaired / max(1, room):.0%}); falsely verified {sum(j['false'] for j in js)}/{kept} "
         f"kept; healthy untouched {sum(j['untouched'] for j in js)}/{healthy}; compute mean "
         f"{np.mean(compute):.2f} max {np.max(compute):.2f} untreated runs"
+        if results
+        else f"{what}: none"
     )
 
 
@@ -306,6 +347,9 @@ def main() -> None:
     parser.add_argument("--all", action="store_true", help="every case, the later families too")
     parser.add_argument("--out", default="/tmp/deepdoctor-treat-repairs.json")
     parser.add_argument("--report", action="store_true", help="print the table of --out only")
+    parser.add_argument(
+        "--random-draws", type=int, default=0, help="random-remedy searches per case beside"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     path = Path(args.out)
@@ -318,23 +362,34 @@ def main() -> None:
             sys.exit(f"unknown cases {unknown}: see python -m tests.cases.sweep --help")
         chosen = [c for c in CASES if c.name in names]
     for case in [] if args.report else chosen:
-        if case.name in done:
-            continue
         try:
-            done[case.name] = measure(case)
+            if case.name not in done:
+                done[case.name] = measure(case)
+                _print(done[case.name], "treat")
+            r = done[case.name]
+            for draw in range(len(r.get("random", [])), args.random_draws):
+                r.setdefault("random", []).append(measure_random(case, draw))
+                _print({**r, **r["random"][-1]}, f"random draw {draw}")
         except Exception:  # noqa: BLE001  (recorded; the run goes on)
             print(f"{case.name}: failed\n{traceback.format_exc()}", file=sys.stderr)
             continue
-        path.write_text(json.dumps(done, indent=1, default=str))
-        r = done[case.name]
-        print(
-            f"{case.name}: {r['untreated']:.3f} -> {r['treated']:.3f} (best {r['best']:.3f}) "
-            f"{'+'.join(r['applied']) or '-'} {judge(r)} {r['seconds']} s",
-            flush=True,
-        )
+        finally:
+            path.write_text(json.dumps(done, indent=1, default=str))
     results = [done[c.name] for c in chosen if c.name in done]
     print(table(results))
     print(totals(results))
+    drawn = [d for r in results for d in random_results(r)]
+    if drawn:
+        print(totals(drawn, "random-remedy searches"))
+
+
+def _print(r: dict[str, Any], search: str) -> None:
+    print(
+        f"{r['case']} ({search}): {r['untreated']:.3f} -> {r['treated']:.3f} "
+        f"(best {r['best']:.3f}) {'+'.join(r['applied']) or '-'} {judge(r)} "
+        f"{r.get('seconds', '')}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -22,9 +22,16 @@ from .findings import Finding, sort_findings
 from .progress import progress_bar
 from .remedies import REMEDIES, Context, apply_remedies, compatible
 from .remedies.optimization import is_adaptive
-from .scoring import Scoring, metrics_of, needs_another_seed, noise_margin, scoring_for
+from .scoring import (
+    Scoring,
+    constant_predictor_loss,
+    metrics_of,
+    needs_another_seed,
+    noise_margin,
+    scoring_for,
+)
 from .training import History, is_loader, loader_tensors
-from .trials import TrialEngine, TrialResult, TrialSpec
+from .trials import FLAT_STOP, NO_PROGRESS, TrialEngine, TrialResult, TrialSpec
 
 __all__ = ["Ledger", "Search", "Trial", "metrics_of"]
 
@@ -71,6 +78,12 @@ LATE_EFFECT = {
 UPSTREAM = {"unscaled_inputs"}
 # Remedies that are the same fix as their partner: a switch to ReLU comes with He init.
 PAIRED = {"relu_activation": "he_init", "leaky_relu_activation": "he_init"}
+# A short screen of at least this many steps gives up half way when its training loss has
+# not fallen (trials.GiveUpWhenFlat): fewer leave too few losses to tell.
+MIN_GIVE_UP_SCREEN = 20
+# Remedies that set the optimizer or its rate: a set holding none of them keeps the
+# untreated run's rate.
+RATE_REMEDIES = {"adam", "lower_lr", "raise_lr", "lr_warmup", "discriminative_lr"}
 
 
 # -- the ledger -----------------------------------------------------------------------------
@@ -303,6 +316,7 @@ class Round:
         self.margin = 0.0
         self.passed: list[Trial] = []
         self.scoring: Scoring = scoring_for(exp)
+        self.constant_loss = constant_predictor_loss(exp)  # where a flat screen gives up
 
     def run(self) -> Outcome:
         if self.base is None:
@@ -379,9 +393,12 @@ class Round:
         the noise margin a candidate must beat (``scoring.noise_margin``)."""
         min_gain = self.scoring.min_gain(self.base_score)
         self.noise_samples = [self.scoring.at(self.base.history, self.screen_steps)]
-        if self.full_screens:
+        if self.full_screens or self._never_learned():
             # A noise run as long as a screen would cost most of a run; the trivial
             # predictor's bar and the minimum gain guard the full-length screens instead.
+            # A baseline at the trivial predictor's score at the screen and at its end
+            # has nothing to spread: another seed is stuck there too (the 1,000-layer
+            # sigmoid MLP: 0.100 and 0.103), and a candidate must beat that predictor anyway.
             self.margin, self.noise = min_gain, math.nan
             return
         screen = self.ledger.runs(self.screen_steps)
@@ -422,6 +439,9 @@ class Round:
                     queue.insert(0, group)
                     bar.advance()
                     continue
+                follow_up = self._rate_on_top(group, trial)
+                if follow_up and follow_up not in screened_groups and follow_up not in queue:
+                    queue.insert(0, follow_up)
                 if trial.clipped_fraction > CLIP_MOST_STEPS and ["lower_lr"] not in screened_groups:
                     # The playbook's rule: clipping most steps means the rate is too high; a
                     # rate already screened is not screened again.
@@ -436,6 +456,40 @@ class Round:
         for group in queue:
             self._record(Trial(group, "screen", "not_tried", self.number, reason=reason))
         self._last_chance()
+
+    def _rate_on_top(self, group: list[str], trial: Trial) -> list[str] | None:
+        """The remedy set to screen next with a rate re-chosen on top of ``group``, or None.
+
+        When the untreated run never learned, its learning rate was never seen to train
+        anything; under SGD (whose step does not adapt to the gradient's scale) a remedy that
+        makes the model trainable leaves it at a rate nobody chose for the treated model.
+        So once such a remedy passes its screen, it is screened again with raise_lr's range
+        test run on the treated model (which keeps the rate when the test suggests nothing
+        higher). The 1,000-layer sigmoid MLP with gated residuals: 95.6% at the untreated
+        lr 0.1 in 300 steps, 97.2% at lr 1.0; the range test on it suggests 0.52."""
+        follow_up = [*group, "raise_lr"]
+        if (
+            trial.status != "passed"
+            or self.search.remedies is not None  # the user's list is what is screened
+            or set(group) & RATE_REMEDIES
+            or is_adaptive(self.exp)
+            or not self._never_learned()
+            or not compatible(follow_up)
+            or "raise_lr" in self.exclude
+        ):
+            return None
+        return follow_up
+
+    def _never_learned(self) -> bool:
+        """The untreated run, finite, scored no better than the trivial predictor at the
+        screening point and at its end: stuck at chance (one that blew up did learn that its
+        rate is too high)."""
+        if self.base.history.stopped != "completed" or self._still_diverging():
+            return False
+        bar = self.scoring.trivial_bar()
+        at_screen = self.scoring.at(self.base.history, self.screen_steps)
+        scores = (at_screen, self.base_score)
+        return math.isfinite(bar) and all(math.isfinite(s) and s <= bar for s in scores)
 
     def _last_chance(self) -> None:
         """Nothing passed, and the run kept for a verification is still unspent: rather than
@@ -586,12 +640,21 @@ class Round:
         candidate = self._candidate(result, group)
         metrics = metrics_of(history)
         full_run = (candidate, result.diagnosis) if late else None
-        score, baseline_score = self.scoring.of(metrics), self._reference(result.steps, late)
+        flat = history.stopped == FLAT_STOP
+        # A screen that gave up is compared with the baseline where it stopped.
+        compared_at = history.steps if flat else result.steps
+        score, baseline_score = self.scoring.of(metrics), self._reference(compared_at, late)
         probed = full_run[1].findings if full_run else None
         why_not = self._why_not(score, baseline_score, probed, screen=full_run is None)
+        gave_up = (
+            f"stopped after {history.steps} of {result.steps} steps: its training loss had "
+            f"not fallen {NO_PROGRESS:.0%} below its start or the constant predictor's"
+            if flat
+            else None
+        )
         return trial(
             "no_gain" if why_not else "passed",
-            note="; ".join(n for n in (last_chance, why_not) if n) or None,
+            note="; ".join(n for n in (last_chance, gave_up, why_not) if n) or None,
             steps=history.steps,
             metrics=metrics,
             score=score,
@@ -644,12 +707,18 @@ class Round:
         the screening steps (a late-effect remedy: the full run, probed). The allowance lets
         the trial refuse to train when the remedies' own steps and its length do not fit."""
         reserve = 0.0 if late else self.one_run
+        give_up = (
+            (self.screen_steps // 2, self.constant_loss)
+            if self.screen_steps >= MIN_GIVE_UP_SCREEN
+            else None
+        )
         return TrialSpec(
             self.exp,
             tuple(group),
             self._context_for(group),
             steps=None if late else self.screen_steps,
             probed=late,
+            give_up_at=None if late else give_up,
             allowance=(self.ledger.left, self.ledger.run_steps, reserve),
         )
 
