@@ -81,6 +81,9 @@ PAIRED = {"relu_activation": "he_init", "leaky_relu_activation": "he_init"}
 # A short screen of at least this many steps gives up half way when its training loss has
 # not fallen (trials.GiveUpWhenFlat): fewer leave too few losses to tell.
 MIN_GIVE_UP_SCREEN = 20
+# A screen learned (beyond the class frequencies) when its training loss ended below this
+# share of the constant predictor's: only then is its rate worth choosing again.
+LEARNED = 0.9
 # Remedies that set the optimizer or its rate: a set holding none of them keeps the
 # untreated run's rate.
 RATE_REMEDIES = {"adam", "lower_lr", "raise_lr", "lr_warmup", "discriminative_lr"}
@@ -332,6 +335,7 @@ class Round:
         if self.base.history.stopped == "interrupted":
             return self._nothing("interrupted during the untreated run", interrupted=True)
         self.screen_steps = self._screening_point()
+        self.stuck = self._never_learned()
         self.full_screens = self.screen_steps > FULL_SCREEN_ABOVE * self.exp.steps
         self.ctx = _context(self.exp, self.base.trace, self.base.findings)
         self.rate_cuts = 0  # lower_lr's further tenfold cuts, after its rate still blew up
@@ -393,7 +397,7 @@ class Round:
         the noise margin a candidate must beat (``scoring.noise_margin``)."""
         min_gain = self.scoring.min_gain(self.base_score)
         self.noise_samples = [self.scoring.at(self.base.history, self.screen_steps)]
-        if self.full_screens or self._never_learned():
+        if self.full_screens or self.stuck:
             # A noise run as long as a screen would cost most of a run; the trivial
             # predictor's bar and the minimum gain guard the full-length screens instead.
             # A baseline at the trivial predictor's score at the screen and at its end
@@ -425,7 +429,8 @@ class Round:
             min(len(queue), MAX_CANDIDATES), "screening", enabled=self.progress
         ) as bar:
             screened_groups: list[list[str]] = []
-            while queue and len(screened_groups) < MAX_CANDIDATES:
+            follow_ups = 0
+            while queue and len(screened_groups) < MAX_CANDIDATES + follow_ups:
                 group = queue.pop(0)
                 trial = self._screen(group, "screen")
                 screened_groups.append(group)
@@ -442,6 +447,7 @@ class Round:
                 follow_up = self._rate_on_top(group, trial)
                 if follow_up and follow_up not in screened_groups and follow_up not in queue:
                     queue.insert(0, follow_up)
+                    follow_ups += 1  # beyond the cap: a second look at a passed screen
                 if trial.clipped_fraction > CLIP_MOST_STEPS and ["lower_lr"] not in screened_groups:
                     # The playbook's rule: clipping most steps means the rate is too high; a
                     # rate already screened is not screened again.
@@ -468,12 +474,14 @@ class Round:
         higher). The 1,000-layer sigmoid MLP with gated residuals: 95.6% at the untreated
         lr 0.1 in 300 steps, 97.2% at lr 1.0; the range test on it suggests 0.52."""
         follow_up = [*group, "raise_lr"]
+        learned = trial.metrics.get("train_loss", math.nan) < LEARNED * self.constant_loss
         if (
             trial.status != "passed"
+            or not learned
             or self.search.remedies is not None  # the user's list is what is screened
             or set(group) & RATE_REMEDIES
             or is_adaptive(self.exp)
-            or not self._never_learned()
+            or not self.stuck
             or not compatible(follow_up)
             or "raise_lr" in self.exclude
         ):
@@ -646,6 +654,8 @@ class Round:
         score, baseline_score = self.scoring.of(metrics), self._reference(compared_at, late)
         probed = full_run[1].findings if full_run else None
         why_not = self._why_not(score, baseline_score, probed, screen=full_run is None)
+        if flat and not why_not:
+            why_not = "it did not learn: a screen that gives up cannot pass"
         gave_up = (
             f"stopped after {history.steps} of {result.steps} steps: its training loss had "
             f"not fallen {NO_PROGRESS:.0%} below its start or the constant predictor's"
@@ -707,9 +717,13 @@ class Round:
         the screening steps (a late-effect remedy: the full run, probed). The allowance lets
         the trial refuse to train when the remedies' own steps and its length do not fit."""
         reserve = 0.0 if late else self.one_run
+        # Only against an untreated run that never learned: there a screen that has not
+        # left the constant predictor half way is one more stuck run (a rate lowered after
+        # a blow-up can start slowly: the diverging 20-layer MLP's lower_lr was 13% at 20
+        # steps and 87.8% over the run).
         give_up = (
             (self.screen_steps // 2, self.constant_loss)
-            if self.screen_steps >= MIN_GIVE_UP_SCREEN
+            if self.screen_steps >= MIN_GIVE_UP_SCREEN and self.stuck
             else None
         )
         return TrialSpec(
