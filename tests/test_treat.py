@@ -190,10 +190,8 @@ def test_trials_carry_a_status_a_round_and_a_reason_in_words(sigmoid50: Treatmen
     reasons = {t.reason for t in sigmoid50.trials if t.status == "not_tried"}
     assert reasons == {
         # raise_lr's range test (100 of the run's 300 steps) counted before it is applied
-        "the budget left (1.4 runs) is less than this screen and its verification need "
-        "(1.53 runs)",
-        "the budget left (1.3 runs) is less than this screen and its verification need "
-        "(1.53 runs)",
+        "the budget left (1.4 runs) is less than this screen and its verification need (1.53 runs)",
+        "the budget left (1.3 runs) is less than this screen and its verification need (1.53 runs)",
         "treat screens at most 6 remedy sets a round, best-ranked first",
     }
     assert all(
