@@ -8,7 +8,7 @@ returns an Experiment (``deepdoctor.targets`` loads it).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -95,10 +95,8 @@ class Experiment:
         progress: bool | str = False,
         steps: int | None = None,
         seed: int | None = None,
-        callbacks: Sequence[Any] = (),
     ) -> History:
-        """Train once (a fresh model unless one is given) and return the History;
-        ``callbacks`` as ``deepdoctor.training.train`` takes them."""
+        """Train once (a fresh model unless one is given) and return the History."""
         model = model if model is not None else self.build()
         return train(
             model,
@@ -116,5 +114,4 @@ class Experiment:
             probe=probe,
             progress=progress,
             augment=self.augment,
-            callbacks=callbacks,
         )

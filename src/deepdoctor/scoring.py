@@ -195,25 +195,6 @@ def _loss_scoring(exp: Any, y_train: torch.Tensor, y_val: torch.Tensor) -> Scori
     )
 
 
-def constant_predictor_loss(exp: Any) -> float:
-    """The training loss of the best constant prediction under the default loss: the
-    entropy of the training classes for cross-entropy, the targets' variance for MSE. A
-    model whose loss is no lower has learned nothing beyond the targets' distribution. NaN
-    for a loss of the user's own (its constant optimum is unknown)."""
-    if exp.loss_fn is not None:
-        return math.nan
-    y = _targets(exp.train)
-    if infer_task(y, None) == "regression":
-        return float(((y.float() - y.float().mean(0)) ** 2).mean())
-    labels = y.reshape(-1).long()
-    labels = labels[labels >= 0]  # ignore_index positions
-    if not labels.numel():
-        return math.nan
-    p = torch.bincount(labels).double()
-    p = p[p > 0] / p.sum()
-    return float(-(p * p.log()).sum())
-
-
 def _targets(data: Any) -> torch.Tensor:
     if is_loader(data):
         return loader_tensors(data, SAMPLE_ROWS)[1]

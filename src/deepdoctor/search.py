@@ -22,16 +22,9 @@ from .findings import Finding, sort_findings
 from .progress import progress_bar
 from .remedies import REMEDIES, Context, apply_remedies, compatible
 from .remedies.optimization import is_adaptive
-from .scoring import (
-    Scoring,
-    constant_predictor_loss,
-    metrics_of,
-    needs_another_seed,
-    noise_margin,
-    scoring_for,
-)
+from .scoring import Scoring, metrics_of, needs_another_seed, noise_margin, scoring_for
 from .training import History, is_loader, loader_tensors
-from .trials import FLAT_STOP, NO_PROGRESS, TrialEngine, TrialResult, TrialSpec
+from .trials import TrialEngine, TrialResult, TrialSpec
 
 __all__ = ["Ledger", "Search", "Trial", "metrics_of"]
 
@@ -78,15 +71,6 @@ LATE_EFFECT = {
 UPSTREAM = {"unscaled_inputs"}
 # Remedies that are the same fix as their partner: a switch to ReLU comes with He init.
 PAIRED = {"relu_activation": "he_init", "leaky_relu_activation": "he_init"}
-# A short screen of at least this many steps gives up half way when its training loss has
-# not fallen (trials.GiveUpWhenFlat): fewer leave too few losses to tell.
-MIN_GIVE_UP_SCREEN = 20
-# A screen learned (beyond the class frequencies) when its training loss ended below this
-# share of the constant predictor's: only then is its rate worth choosing again.
-LEARNED = 0.9
-# Remedies that set the optimizer or its rate: a set holding none of them keeps the
-# untreated run's rate.
-RATE_REMEDIES = {"adam", "lower_lr", "raise_lr", "lr_warmup", "discriminative_lr"}
 
 
 # -- the ledger -----------------------------------------------------------------------------
@@ -319,7 +303,6 @@ class Round:
         self.margin = 0.0
         self.passed: list[Trial] = []
         self.scoring: Scoring = scoring_for(exp)
-        self.constant_loss = constant_predictor_loss(exp)  # where a flat screen gives up
 
     def run(self) -> Outcome:
         if self.base is None:
@@ -335,7 +318,6 @@ class Round:
         if self.base.history.stopped == "interrupted":
             return self._nothing("interrupted during the untreated run", interrupted=True)
         self.screen_steps = self._screening_point()
-        self.stuck = self._never_learned()
         self.full_screens = self.screen_steps > FULL_SCREEN_ABOVE * self.exp.steps
         self.ctx = _context(self.exp, self.base.trace, self.base.findings)
         self.rate_cuts = 0  # lower_lr's further tenfold cuts, after its rate still blew up
@@ -397,12 +379,9 @@ class Round:
         the noise margin a candidate must beat (``scoring.noise_margin``)."""
         min_gain = self.scoring.min_gain(self.base_score)
         self.noise_samples = [self.scoring.at(self.base.history, self.screen_steps)]
-        if self.full_screens or self.stuck:
+        if self.full_screens:
             # A noise run as long as a screen would cost most of a run; the trivial
             # predictor's bar and the minimum gain guard the full-length screens instead.
-            # A baseline at the trivial predictor's score at the screen and at its end
-            # has nothing to spread: another seed is stuck there too (the 1,000-layer
-            # sigmoid MLP: 0.100 and 0.103), and a candidate must beat that predictor anyway.
             self.margin, self.noise = min_gain, math.nan
             return
         screen = self.ledger.runs(self.screen_steps)
@@ -429,8 +408,7 @@ class Round:
             min(len(queue), MAX_CANDIDATES), "screening", enabled=self.progress
         ) as bar:
             screened_groups: list[list[str]] = []
-            follow_ups = 0
-            while queue and len(screened_groups) < MAX_CANDIDATES + follow_ups:
+            while queue and len(screened_groups) < MAX_CANDIDATES:
                 group = queue.pop(0)
                 trial = self._screen(group, "screen")
                 screened_groups.append(group)
@@ -444,10 +422,6 @@ class Round:
                     queue.insert(0, group)
                     bar.advance()
                     continue
-                follow_up = self._rate_on_top(group, trial)
-                if follow_up and follow_up not in screened_groups and follow_up not in queue:
-                    queue.insert(0, follow_up)
-                    follow_ups += 1  # beyond the cap: a second look at a passed screen
                 if trial.clipped_fraction > CLIP_MOST_STEPS and ["lower_lr"] not in screened_groups:
                     # The playbook's rule: clipping most steps means the rate is too high; a
                     # rate already screened is not screened again.
@@ -462,42 +436,6 @@ class Round:
         for group in queue:
             self._record(Trial(group, "screen", "not_tried", self.number, reason=reason))
         self._last_chance()
-
-    def _rate_on_top(self, group: list[str], trial: Trial) -> list[str] | None:
-        """The remedy set to screen next with a rate re-chosen on top of ``group``, or None.
-
-        When the untreated run never learned, its learning rate was never seen to train
-        anything; under SGD (whose step does not adapt to the gradient's scale) a remedy that
-        makes the model trainable leaves it at a rate nobody chose for the treated model.
-        So once such a remedy passes its screen, it is screened again with raise_lr's range
-        test run on the treated model (which keeps the rate when the test suggests nothing
-        higher). The 1,000-layer sigmoid MLP with gated residuals: 95.6% at the untreated
-        lr 0.1 in 300 steps, 97.2% at lr 1.0; the range test on it suggests 0.52."""
-        follow_up = [*group, "raise_lr"]
-        learned = trial.metrics.get("train_loss", math.nan) < LEARNED * self.constant_loss
-        if (
-            trial.status != "passed"
-            or not learned
-            or self.search.remedies is not None  # the user's list is what is screened
-            or set(group) & RATE_REMEDIES
-            or is_adaptive(self.exp)
-            or not self.stuck
-            or not compatible(follow_up)
-            or "raise_lr" in self.exclude
-        ):
-            return None
-        return follow_up
-
-    def _never_learned(self) -> bool:
-        """The untreated run, finite, scored no better than the trivial predictor at the
-        screening point and at its end: stuck at chance (one that blew up did learn that its
-        rate is too high)."""
-        if self.base.history.stopped != "completed" or self._still_diverging():
-            return False
-        bar = self.scoring.trivial_bar()
-        at_screen = self.scoring.at(self.base.history, self.screen_steps)
-        scores = (at_screen, self.base_score)
-        return math.isfinite(bar) and all(math.isfinite(s) and s <= bar for s in scores)
 
     def _last_chance(self) -> None:
         """Nothing passed, and the run kept for a verification is still unspent: rather than
@@ -648,23 +586,12 @@ class Round:
         candidate = self._candidate(result, group)
         metrics = metrics_of(history)
         full_run = (candidate, result.diagnosis) if late else None
-        flat = history.stopped == FLAT_STOP
-        # A screen that gave up is compared with the baseline where it stopped.
-        compared_at = history.steps if flat else result.steps
-        score, baseline_score = self.scoring.of(metrics), self._reference(compared_at, late)
+        score, baseline_score = self.scoring.of(metrics), self._reference(result.steps, late)
         probed = full_run[1].findings if full_run else None
         why_not = self._why_not(score, baseline_score, probed, screen=full_run is None)
-        if flat and not why_not:
-            why_not = "it did not learn: a screen that gives up cannot pass"
-        gave_up = (
-            f"stopped after {history.steps} of {result.steps} steps: its training loss had "
-            f"not fallen {NO_PROGRESS:.0%} below its start or the constant predictor's"
-            if flat
-            else None
-        )
         return trial(
             "no_gain" if why_not else "passed",
-            note="; ".join(n for n in (last_chance, gave_up, why_not) if n) or None,
+            note="; ".join(n for n in (last_chance, why_not) if n) or None,
             steps=history.steps,
             metrics=metrics,
             score=score,
@@ -717,22 +644,12 @@ class Round:
         the screening steps (a late-effect remedy: the full run, probed). The allowance lets
         the trial refuse to train when the remedies' own steps and its length do not fit."""
         reserve = 0.0 if late else self.one_run
-        # Only against an untreated run that never learned: there a screen that has not
-        # left the constant predictor half way is one more stuck run (a rate lowered after
-        # a blow-up can start slowly: the diverging 20-layer MLP's lower_lr was 13% at 20
-        # steps and 87.8% over the run).
-        give_up = (
-            (self.screen_steps // 2, self.constant_loss)
-            if self.screen_steps >= MIN_GIVE_UP_SCREEN and self.stuck
-            else None
-        )
         return TrialSpec(
             self.exp,
             tuple(group),
             self._context_for(group),
             steps=None if late else self.screen_steps,
             probed=late,
-            give_up_at=None if late else give_up,
             allowance=(self.ledger.left, self.ledger.run_steps, reserve),
         )
 

@@ -16,9 +16,7 @@ makes while it is applied too (lower_lr's and raise_lr's learning-rate range tes
    from one more seed when the two disagree. The noise margin is two robust standard
    deviations (from the median absolute deviation) of the screen's score over those seeds,
    so one broken rerun does not inflate it; a candidate must beat the baseline by more than
-   it (and by at least the minimum gain: a point of accuracy, or 2% of the loss). A
-   baseline stuck at the trivial predictor's score (at the screen and at its end) gets no
-   noise run: another seed is stuck there too, and a candidate must beat that predictor.
+   it (and by at least the minimum gain: a point of accuracy, or 2% of the loss).
 3. Screening: each candidate (at most ``MAX_CANDIDATES``) trains from the baseline's seed
    for ``SCREEN_FRACTION`` of the steps, or just past the step where the baseline blew up,
    and is compared with the baseline's own evaluation at the same step (or the baseline's
@@ -36,11 +34,6 @@ makes while it is applied too (lower_lr's and raise_lr's learning-rate range tes
    full run (its own verification) rather than left idle. When lower_lr's screen still
    blows up (its loss ends above where it started, or not finite), it is screened again at
    a tenth of that rate (at most twice).
-   Against a stuck baseline, a short screen whose training loss half way is not 1% below
-   its start or the constant predictor's gives up there (it cannot pass), and a remedy
-   that passes with a loss clearly below the constant predictor's, under SGD, is screened
-   again with raise_lr's range test run on the treated model: the untreated rate was
-   never seen to train anything (``search.Round._rate_on_top``).
    A remedy that cannot be applied automatically is recorded as a prescription and costs
    nothing; one that throws is recorded with its error and the search goes on.
 4. Combination: when two compatible remedies both passed screening, their combination is

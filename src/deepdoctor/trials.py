@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import math
 import pickle
 import socket
 from collections.abc import Iterator
@@ -44,7 +43,6 @@ from multiprocessing.context import BaseContext
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 
 from .batch import Inputs
@@ -57,8 +55,6 @@ from .version import __version__
 
 RAY_CONNECT_SECONDS = 3.0  # a Ray address that does not answer within this is unreachable
 SLACK = 1e-9  # sums of step fractions carry float rounding (as search.SLACK)
-NO_PROGRESS = 0.01  # a training loss that fell by less than this share has not fallen
-FLAT_STOP = "no_progress"  # History.stopped of a screen that GiveUpWhenFlat stopped
 
 TrialStatus = Literal["ran", "prescription", "error", "too_long"]
 
@@ -81,10 +77,6 @@ class TrialSpec:
     steps: int | None = None
     probed: bool = False
     threads: int = field(default_factory=torch.get_num_threads)
-    # (step, loss floor): a short screen whose training loss has not fallen by
-    # ``NO_PROGRESS`` below its start or the floor by this step stops there (None: it runs
-    # its length); see ``GiveUpWhenFlat``.
-    give_up_at: tuple[int, float] | None = None
     allowance: tuple[float, int, float] | None = None
     progress: bool | str = False
     catch: bool = True  # record an error of the remedies or the run instead of raising it
@@ -147,33 +139,7 @@ def _train(candidate: Experiment, spec: TrialSpec, steps: int) -> tuple[Any, His
         progress = spec.progress
         run = diagnose_experiment(candidate, steps=spec.steps, seed=spec.seed, progress=progress)
         return run, run.history
-    give_up = [GiveUpWhenFlat(*spec.give_up_at)] if spec.give_up_at else []
-    history = candidate.run(steps=steps, seed=spec.seed, progress=spec.progress, callbacks=give_up)
-    return None, history
-
-
-class GiveUpWhenFlat:
-    """Stops a run at step ``at`` when its training loss has not come down: the median of
-    the last quarter of those steps is not ``NO_PROGRESS`` below the median of the first
-    quarter, nor below ``floor`` (the best constant predictor's loss, NaN when unknown).
-
-    A screen is a short run that asks whether a remedy makes the model learn; one that half
-    way has learned no more than the class frequencies has answered no, and its second half
-    would only spend the budget another screen needs. The 1,000-layer sigmoid MLP: its
-    He-init, ReLU and Adam screens sat at ln 10 = 2.30 for 60 steps (9.7-10.0%)."""
-
-    def __init__(self, at: int, floor: float = math.nan) -> None:
-        self.at, self.floor = at, floor
-
-    def on_step_end(self, state: Any) -> None:
-        if state.step + 1 != self.at:
-            return
-        losses = np.asarray(state.history.loss[: self.at], dtype=float)
-        quarter = max(1, len(losses) // 4)
-        first, last = float(np.median(losses[:quarter])), float(np.median(losses[-quarter:]))
-        bar = min(first, self.floor) if math.isfinite(self.floor) else first
-        if math.isfinite(bar) and math.isfinite(last) and last > bar - NO_PROGRESS * abs(bar):
-            state.stop = FLAT_STOP
+    return None, candidate.run(steps=steps, seed=spec.seed, progress=spec.progress)
 
 
 def _fits(allowance: tuple[float, int, float], steps: int) -> bool:
@@ -223,7 +189,7 @@ def _identity(spec: TrialSpec) -> Iterator[Any]:
     if isinstance(exp.loss_fn, torch.nn.Module):
         yield from (_tensor_bytes(t) for t in exp.loss_fn.state_dict().values())
     yield [(c.get("remedy"), c.get("code"), c.get("steps")) for c in exp.meta.get("changes", [])]
-    yield (tuple(spec.remedies), spec.seed, spec.steps, spec.probed, spec.give_up_at)
+    yield (tuple(spec.remedies), spec.seed, spec.steps, spec.probed)
     yield from _context_identity(spec.context)
 
 
