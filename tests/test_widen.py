@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -138,3 +142,34 @@ def test_a_linear_model_gets_a_hidden_layer_and_a_pinned_one_a_prescription() ->
     pinned = dd.Experiment(Residual, (X, y))
     with pytest.raises(Prescription, match="no hidden width can be doubled automatically"):
         apply_remedies(pinned, ["more_capacity"], Context(example=X[:8]))
+
+
+RESIZE_IN_A_PROCESS = """
+import torch
+from torch import nn
+from deepdoctor.remedies.widen import resize_hidden
+torch.manual_seed(0)
+widths = [8, 16, 16, 16, 3]
+layers = [nn.Linear(a, b) for a, b in zip(widths, widths[1:])]
+model = nn.Sequential(*[m for layer in layers for m in (layer, nn.ReLU())][:-1])
+resize_hidden(model, 2.0)
+print(repr(sum(float(p.detach().double().sum()) for p in model.parameters())))
+"""
+
+
+def test_the_resized_model_is_the_same_in_every_process() -> None:
+    """The new layers draw their weights in the model's order, not in the order of a set of
+    names, which follows each process's string hashing (at 3282edf four hash seeds gave four
+    different models)."""
+    sums = set()
+    for hash_seed in ("0", "1", "2", "3"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        run = subprocess.run(
+            [sys.executable, "-c", RESIZE_IN_A_PROCESS],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        sums.add(run.stdout.strip())
+    assert len(sums) == 1

@@ -146,7 +146,11 @@ def resize_hidden(
     new_out = {p.producer: _moved(p.width, factor, min_width) for p in pairs}
     new_in = {p.consumer: new_out[p.producer] for p in pairs}
     norm_size = {n: new_out[p.producer] for p in pairs for n in p.norms}
-    for name in set(new_out) | set(new_in):
+    # In the model's own order: each new layer draws its weights from the generator, so an
+    # order that varied (a set of names follows the process's string hashing) would give
+    # another model in every process.
+    resized = set(new_out) | set(new_in)
+    for name in [n for n, _ in model.named_modules() if n in resized]:
         old = model.get_submodule(name)
         out_size = new_out.get(name, _out_size(old))
         in_size = new_in.get(name, _in_size(old))
