@@ -23,7 +23,7 @@ from deepdoctor.remedies import (
     Prescription,
     apply_remedies,
     compatible,
-    optimization,
+    lr_range,
 )
 from deepdoctor.remedies import data as data_remedies
 from deepdoctor.remedies.lr_range import RangeTest, range_test
@@ -523,6 +523,7 @@ def test_lower_lr_takes_the_range_tests_rate_and_records_its_steps(
         "remedy": "lower_lr",
         "code": f"lr = {test.suggestion:.4g}  # was 0.5; from a learning-rate range test",
         "steps": test.steps,  # the compute the range test spent, for treat's ledger
+        "range_test": lr_range.sweep_key(exp, lr_range.range_steps(exp)),  # charged once
     }
     assert opt_of(exp).param_groups[0]["lr"] == 0.5
 
@@ -540,7 +541,7 @@ def test_lower_lr_takes_the_range_tests_rate_and_records_its_steps(
 def test_lower_lr_without_a_range_test_rate_divides_by_10_after_divergence_else_by_3(
     digits: dd.data.Split, monkeypatch: pytest.MonkeyPatch, kinds: set[str], lr: float
 ) -> None:
-    monkeypatch.setattr(optimization, "range_test", no_suggestion)
+    monkeypatch.setattr(lr_range, "range_test", no_suggestion)
     exp = experiment(digits, sick_spec(), optimizer=sgd(0.3, momentum=0.9))
     treated = apply_remedies(exp, ["lower_lr"], context(digits, base_lr=0.3, kinds=kinds))
     opt = opt_of(treated)
@@ -597,7 +598,7 @@ def test_raise_lr_takes_the_range_tests_rate_for_a_crawling_run(digits: dd.data.
 def test_raise_lr_without_a_range_test_rate_aims_at_an_update_ratio_of_1e_3(
     digits: dd.data.Split, monkeypatch: pytest.MonkeyPatch, ratio: float, factor: float
 ) -> None:
-    monkeypatch.setattr(optimization, "range_test", no_suggestion)
+    monkeypatch.setattr(lr_range, "range_test", no_suggestion)
     exp = experiment(digits, sick_spec(), optimizer=sgd(0.01))
     treated = apply_remedies(exp, ["raise_lr"], context(digits, base_lr=0.01, update_ratio=ratio))
     assert opt_of(treated).param_groups[0]["lr"] == pytest.approx(0.01 * factor)
@@ -626,15 +627,28 @@ def test_a_learning_rate_of_zero_is_a_prescription(digits: dd.data.Split, name: 
         apply_remedies(exp, [name], context(digits))
 
 
-def test_lr_warmup_ramps_the_learning_rate(digits: dd.data.Split) -> None:
-    exp = experiment(digits, sick_spec(), optimizer=sgd(0.2), steps=50)
+def test_lr_warmup_ramps_the_learning_rate(
+    digits: dd.data.Split, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    exp = experiment(
+        digits, lambda: dd.models.mlp(64, 10, depth=2, width=32), optimizer=sgd(0.2), steps=50
+    )
+    test = range_test(exp, steps=lr_range.range_steps(exp))
+    warm = test.warmup_steps(0.2, 50)
+    assert warm is not None and 1 <= warm <= 12  # 2% to 25% of the run
     treated = apply_remedies(exp, ["lr_warmup"], context(digits))
-    assert treated.schedule == "warmup"
+    assert (treated.schedule, treated.warmup_steps) == ("warmup", warm)
+    assert treated.meta["changes"][-1]["steps"] == test.steps  # the range test's compute
     lrs = treated.run().lr
-    assert lrs[:5] == pytest.approx([0.04, 0.08, 0.12, 0.16, 0.2])  # 10% of 50 steps
-    assert lrs[5:] == pytest.approx([0.2] * 45)
+    assert lrs[:warm] == pytest.approx([0.2 * (t + 1) / warm for t in range(warm)])
+    assert lrs[warm:] == pytest.approx([0.2] * (50 - warm))
     cosine = apply_remedies(exp.replace(schedule="cosine"), ["lr_warmup"], context(digits))
     assert cosine.schedule == "warmup_cosine"
+    # a range test whose loss never moved: 10% of the run
+    monkeypatch.setattr(lr_range, "range_test", no_suggestion)
+    fallback = apply_remedies(exp, ["lr_warmup"], context(digits))
+    assert fallback.warmup_steps == 5
+    assert fallback.run().lr[:5] == pytest.approx([0.04, 0.08, 0.12, 0.16, 0.2])
 
 
 def test_adam_switches_the_optimizer(digits: dd.data.Split) -> None:

@@ -8,7 +8,7 @@ import torch
 
 import deepdoctor as dd
 from deepdoctor.presets import sgd
-from deepdoctor.remedies import optimization
+from deepdoctor.remedies import lr_range, optimization
 from deepdoctor.remedies.lr_range import RangeTest
 from deepdoctor.treat import treat
 
@@ -20,7 +20,7 @@ def no_suggestion(exp: dd.Experiment, steps: int = 100) -> RangeTest:
 
 
 def test_a_rate_that_still_blows_up_is_cut_tenfold_again(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(optimization, "range_test", no_suggestion)
+    monkeypatch.setattr(lr_range, "range_test", no_suggestion)
     split = dd.data.load("digits")
     exp = dd.Experiment(
         lambda: dd.models.mlp(64, 10, depth=2, width=32, init="he"),
@@ -46,3 +46,60 @@ def test_a_rate_that_still_blows_up_is_cut_tenfold_again(monkeypatch: pytest.Mon
         accuracy = float((tr.model(Xv).argmax(1) == yv).float().mean())
     # plain PyTorch on the returned model: measured 95.6% (the untreated run: 11.7%)
     assert accuracy == pytest.approx(tr.after["val_accuracy"], abs=1e-6) and accuracy > 0.85
+
+
+# -- the warmup's length, and one range test shared by the rate remedies ----------------------
+
+
+def sweep(moved_at: int | None, points: int = 70) -> RangeTest:
+    """A range test over 7 decades whose smoothed loss is flat at 2.3, then falls from
+    ``moved_at`` on (never, when None)."""
+    lrs = [1e-6 * 10 ** (7 * t / (points - 1)) for t in range(points)]
+    smoothed = [2.3 if moved_at is None or t < moved_at else 2.0 - 0.01 * t for t in range(points)]
+    return RangeTest(base_lr=0.1, lrs=lrs, losses=smoothed, smoothed=smoothed, steps=points)
+
+
+def test_the_warmup_lasts_the_range_tests_climb_from_the_first_rate_that_moved_the_loss() -> None:
+    test = sweep(moved_at=30)
+    per_decade = 69 / 7  # the test's own pace: 69 steps over 7 decades
+    # two decades above the first rate that moved the loss: 2 x 9.86 = 19.7 steps
+    assert test.warmup_steps(test.lrs[30] * 100, 200) == round(2 * per_decade) == 20
+    assert test.warmup_steps(test.lrs[30] * 1e6, 200) == 50  # at most a quarter of the run
+    assert test.warmup_steps(test.lrs[30], 200) == 4  # at least 2% of it
+    assert sweep(moved_at=None).warmup_steps(0.1, 200) is None  # the loss never moved
+
+
+def test_the_rate_remedies_read_one_range_test_and_treat_charges_it_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    split = dd.data.load("digits")
+    exp = dd.Experiment(
+        lambda: dd.models.mlp(64, 10, depth=2, width=32, init="he"),
+        split.train,
+        split.val,
+        optimizer=sgd(60.0),
+        steps=150,
+        n_classes=10,
+    )
+    calls: list[int] = []
+    real = lr_range.range_test
+
+    def counted(e: dd.Experiment, steps: int = 100) -> RangeTest:
+        calls.append(steps)
+        return real(e, steps)
+
+    monkeypatch.setattr(lr_range, "range_test", counted)
+    shared = treat(exp, remedies=["lower_lr", "lr_warmup"], budget=3)
+    assert calls == [50]  # one sweep for both remedies (and lower_lr's verification)
+    keys = {c.get("range_test") for c in shared.treated.meta["changes"]}
+    assert len(keys) == 1 and None not in keys
+    # The same treat with every sweep its own: the same trials, one range test more charged.
+    calls.clear()
+    unique = iter(range(1000))
+    monkeypatch.setattr(lr_range, "sweep_key", lambda e, s: f"sweep {next(unique)}")
+    alone = treat(exp, remedies=["lower_lr", "lr_warmup"], budget=3)
+    assert len(calls) >= 2
+    assert [(t.remedies, t.status, t.steps) for t in alone.trials] == [
+        (t.remedies, t.status, t.steps) for t in shared.trials
+    ]
+    assert alone.compute == pytest.approx(shared.compute + 50 / 150, abs=1e-3)

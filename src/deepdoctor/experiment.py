@@ -52,6 +52,9 @@ class Experiment:
     # fine-tuning: the pretrained modules' names or the loaded state dict (deepdoctor.pretrained)
     pretrained: PretrainedSpec = None
     meta: dict[str, Any] = field(default_factory=dict)
+    # a warmup schedule's length in steps; None: ``training.WARMUP_FRACTION`` of the run
+    # (last, so that positional arguments written before it keep their meaning)
+    warmup_steps: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.model, nn.Module):
@@ -109,6 +112,7 @@ class Experiment:
             seed=self.seed if seed is None else seed,
             clip_grad=self.clip_grad,
             schedule=self.schedule,
+            warmup_steps=self.warmup_steps,
             early_stopping=self.early_stopping,
             eval_every=self.eval_every,
             probe=probe,

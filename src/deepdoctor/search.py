@@ -21,6 +21,7 @@ from .experiment import Experiment
 from .findings import Finding, sort_findings
 from .progress import progress_bar
 from .remedies import REMEDIES, Context, apply_remedies, compatible
+from .remedies.lr_range import sharing_sweeps
 from .remedies.optimization import is_adaptive
 from .scoring import Scoring, metrics_of, needs_another_seed, noise_margin, scoring_for
 from .training import History, is_loader, loader_tensors
@@ -236,8 +237,14 @@ class Search:
         self.trials: list[Trial] = []
         self.rounds: list[Round] = []
         self.outcomes: list[Outcome] = []
+        self.swept: set[str] = set()  # range tests charged, by sweep key
 
     def run(self) -> Search:
+        # lower_lr, raise_lr and lr_warmup on one experiment read one range test
+        with sharing_sweeps():
+            return self._rounds()
+
+    def _rounds(self) -> Search:
         exp, baseline = self.experiment, None
         while True:
             rnd = Round(self, exp, len(self.rounds) + 1, baseline)
@@ -260,6 +267,14 @@ class Search:
     @property
     def applied(self) -> list[str]:
         return [name for o in self.outcomes for name in o.applied]
+
+    def remedy_charge(self, result: TrialResult) -> int:
+        """The steps a trial's remedies spent that the ledger has not yet been charged: a range
+        test that an earlier trial of this search already paid for counts once."""
+        sweeps = getattr(result, "sweeps", {})  # a trial cached by an older version has none
+        paid = sum(steps for key, steps in sweeps.items() if key in self.swept)
+        self.swept |= set(sweeps)
+        return result.remedy_steps - paid
 
     @property
     def final(self) -> Outcome:
@@ -569,7 +584,7 @@ class Round:
         if short:
             return trial("not_tried", reason=short)
         result = self.engine.result(self._screen_spec(group, late))
-        self.ledger.absorb(result.remedy_steps)
+        self.ledger.absorb(self.search.remedy_charge(result))
         if result.status == "prescription":
             return trial("prescription", prescription=result.prescription)
         if result.status == "error" and not result.steps:  # the remedies threw

@@ -6,8 +6,10 @@ Compute is counted in baseline runs (one run = the experiment's ``steps`` optimi
 ``budget`` is how many treat may spend, 3 by default. A ledger keeps the account: every run
 below is charged to it with the steps it took, a run is started only when the ledger says it
 fits, and ``Treatment.compute`` is what the ledger spent. It counts the short runs a remedy
-makes while it is applied too (lower_lr's and raise_lr's learning-rate range test, up to
-100 steps), and a screened candidate is verified as it was screened, not applied again.
+makes while it is applied too (the learning-rate range test of lower_lr, raise_lr and
+lr_warmup, up to 100 steps: one sweep of an experiment, read by all three and by lower_lr's
+further cuts, is charged once), and a screened candidate is verified as it was screened,
+not applied again.
 
 1. Baseline (1 run): the untreated experiment, probed and diagnosed. Its warning and
    critical findings name the candidate remedies, best first. A healthy baseline ends here:

@@ -95,6 +95,8 @@ class TrialResult:
     remedy_steps: int = 0
     steps: int = 0
     error: str | None = None
+    # the range tests among remedy_steps, by sweep key: steps (a search charges each once)
+    sweeps: dict[str, int] = field(default_factory=dict)
     prescription: str | None = None
     cached: bool = False
 
@@ -119,17 +121,22 @@ def run_trial(spec: TrialSpec) -> TrialResult:
             raise
         return TrialResult("error", error=f"{type(exc).__name__}: {exc}")
     remedy_steps = _remedy_steps(spec.experiment, candidate)
+    sweeps = _sweeps(spec.experiment, candidate)
     steps = spec.steps or candidate.steps
     if spec.allowance is not None and not _fits(spec.allowance, remedy_steps + steps):
-        return TrialResult("too_long", candidate=candidate, remedy_steps=remedy_steps, steps=steps)
+        return TrialResult(
+            "too_long", candidate=candidate, remedy_steps=remedy_steps, steps=steps, sweeps=sweeps
+        )
     try:
         diagnosis, history = _train(candidate, spec, steps)
     except Exception as exc:
         if not spec.catch:
             raise
         error = f"{type(exc).__name__}: {exc}"
-        return TrialResult("error", None, None, candidate, remedy_steps, steps, error=error)
-    return TrialResult("ran", history, diagnosis, candidate, remedy_steps, steps)
+        return TrialResult(
+            "error", None, None, candidate, remedy_steps, steps, error=error, sweeps=sweeps
+        )
+    return TrialResult("ran", history, diagnosis, candidate, remedy_steps, steps, sweeps=sweeps)
 
 
 def _train(candidate: Experiment, spec: TrialSpec, steps: int) -> tuple[Any, History]:
@@ -147,11 +154,20 @@ def _fits(allowance: tuple[float, int, float], steps: int) -> bool:
     return steps / run_steps + reserve <= left + SLACK
 
 
+def _new_changes(base: Experiment, candidate: Experiment) -> list[dict[str, Any]]:
+    return list(candidate.meta.get("changes", [])[len(base.meta.get("changes", [])) :])
+
+
 def _remedy_steps(base: Experiment, candidate: Experiment) -> int:
     """Optimizer steps the remedies spent while being applied (each change records its own,
     e.g. a learning-rate range test), beyond the base experiment's changes."""
-    changes = candidate.meta.get("changes", [])[len(base.meta.get("changes", [])) :]
-    return int(sum(c.get("steps", 0) for c in changes))
+    return int(sum(c.get("steps", 0) for c in _new_changes(base, candidate)))
+
+
+def _sweeps(base: Experiment, candidate: Experiment) -> dict[str, int]:
+    """The range tests among the remedies' steps, by sweep key (``lr_range.sweep_key``)."""
+    changes = _new_changes(base, candidate)
+    return {c["range_test"]: int(c.get("steps", 0)) for c in changes if c.get("range_test")}
 
 
 def _no_context(spec: TrialSpec) -> Context:
@@ -174,7 +190,8 @@ def trial_key(spec: TrialSpec) -> str:
 def _identity(spec: TrialSpec) -> Iterator[Any]:
     exp = spec.experiment
     yield ("deepdoctor", __version__, "torch", torch.__version__)
-    yield (exp.name, exp.steps, exp.batch_size, exp.seed, exp.clip_grad, exp.schedule)
+    yield (exp.name, exp.steps, exp.batch_size, exp.seed, exp.clip_grad)
+    yield (exp.schedule, exp.warmup_steps)
     yield (exp.early_stopping, exp.eval_every, exp.n_classes, _name(exp.augment))
     yield from _data_identity(exp.train)
     yield from _data_identity(exp.val)

@@ -11,7 +11,7 @@ Settings come from the untreated run's evidence, not from fixed guesses:
   oscillated; raise_lr multiplies so that the median update-to-weight ratio reaches about
   1e-3 per step (Karpathy's rule of thumb), by at least 3 and at most 30. The range test's
   steps are recorded in the change (``steps``), compute the experiment's own run does not
-  include.
+  include. lr_warmup takes its length from the same test (``RangeTest.warmup_steps``).
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from ..experiment import Experiment
-from ..training import DEFAULT_LR
+from ..training import DEFAULT_LR, WARMUP_FRACTION
 from .base import Context, Prescription, Remedy, record_change
-from .lr_range import RangeTest, range_steps, range_test
+from .lr_range import RangeTest, range_steps, shared_range_test
 
 CLIP_PERCENTILE = 90  # the Tuning Playbook's choice: clip only the rare outsized steps
 CLIP_OUTLIER = 10.0  # norms beyond 10x the median are a blow-up, not the run's ordinary steps
@@ -107,38 +107,40 @@ def _gradient_clipping(exp: Experiment, ctx: Context) -> Experiment:
     )
 
 
-def _tested(exp: Experiment, remedy: str) -> RangeTest:
-    test = range_test(exp, steps=range_steps(exp))
+def _tested(exp: Experiment, remedy: str) -> tuple[RangeTest, str | None]:
+    """The range test of ``exp`` (shared with the other rate remedies) and its sweep key."""
+    test, key = shared_range_test(exp, steps=range_steps(exp))
     if not (math.isfinite(test.base_lr) and test.base_lr > 0):
         raise Prescription(
             remedy, f"the optimizer's learning rate is {test.base_lr}; set a positive one"
         )
-    return test
+    return test, key
 
 
 def _lower_lr(exp: Experiment, ctx: Context) -> Experiment:
-    test = _tested(exp, "lower_lr")
+    test, key = _tested(exp, "lower_lr")
     suggested = test.suggestion
     cut = NEXT_RATE_DOWN**ctx.lr_cuts
     again = f", /{cut:g} since the run still blew up at that rate" if ctx.lr_cuts else ""
     if suggested is not None and suggested < test.base_lr:
         how = f"from a learning-rate range test{again}"
-        return _set_lr(exp, "lower_lr", test, suggested / cut, how)
+        return _set_lr(exp, "lower_lr", (test, key), suggested / cut, how)
     diverged = bool(ctx.kinds & {"diverging_loss", "nonfinite", "exploding_gradients"})
     divisor = LOWER_LR_DIVERGED if diverged else LOWER_LR_OSCILLATING
     how = f"/{divisor:g}: {_why(test)}{again}"
-    return _set_lr(exp, "lower_lr", test, test.base_lr / divisor / cut, how)
+    return _set_lr(exp, "lower_lr", (test, key), test.base_lr / divisor / cut, how)
 
 
 def _raise_lr(exp: Experiment, ctx: Context) -> Experiment:
-    test = _tested(exp, "raise_lr")
+    test, key = _tested(exp, "raise_lr")
     suggested = test.suggestion
     if suggested is not None and suggested > test.base_lr:
-        return _set_lr(exp, "raise_lr", test, suggested, "from a learning-rate range test")
+        return _set_lr(exp, "raise_lr", (test, key), suggested, "from a learning-rate range test")
     ratio = ctx.update_ratio
     factor = TARGET_UPDATE_RATIO / ratio if math.isfinite(ratio) and ratio > 0 else RAISE_LR_MIN
     factor = float(min(max(factor, RAISE_LR_MIN), RAISE_LR_MAX))
-    return _set_lr(exp, "raise_lr", test, test.base_lr * factor, f"x{factor:.3g}: {_why(test)}")
+    how = f"x{factor:.3g}: {_why(test)}"
+    return _set_lr(exp, "raise_lr", (test, key), test.base_lr * factor, how)
 
 
 def _why(test: RangeTest) -> str:
@@ -148,27 +150,49 @@ def _why(test: RangeTest) -> str:
     return f"a learning-rate range test suggested {test.suggestion:.4g}"
 
 
-def _set_lr(exp: Experiment, remedy: str, test: RangeTest, lr: float, how: str) -> Experiment:
-    """The experiment at rate ``lr``; its change records the range test's cost in ``steps``."""
+def _set_lr(
+    exp: Experiment, remedy: str, tested: tuple[RangeTest, str | None], lr: float, how: str
+) -> Experiment:
+    """The experiment at rate ``lr``."""
+    test = tested[0]
     changed = record_change(
         exp,
         remedy,
         f"lr = {lr:.4g}  # was {test.base_lr:.4g}; {how}",
         optimizer=scale_lr(base_factory(exp), lr / test.base_lr),
     )
+    return _charged(changed, tested)
+
+
+def _charged(changed: Experiment, tested: tuple[RangeTest, str | None]) -> Experiment:
+    """``changed`` with its last change recording the range test's cost in ``steps`` and
+    its sweep key (``range_test``), by which a search charges a shared sweep once."""
+    test, key = tested
     *earlier, change = changed.meta["changes"]
-    log = [*earlier, {**change, "steps": test.steps}]
+    log = [*earlier, {**change, "steps": test.steps, "range_test": key}]
     return changed.replace(meta={**changed.meta, "changes": log})
 
 
 def _lr_warmup(exp: Experiment, ctx: Context) -> Experiment:
+    """A linear warmup to the current rate, as long as the range test says (``lr_range``);
+    ``training.WARMUP_FRACTION`` of the run when the test's loss never moved."""
     schedule = "warmup_cosine" if exp.schedule in ("cosine", "warmup_cosine") else "warmup"
-    return record_change(
+    test, key = _tested(exp, "lr_warmup")
+    warm = test.warmup_steps(test.base_lr, exp.steps)
+    if warm is None:
+        warm = max(1, int(WARMUP_FRACTION * exp.steps))
+        how = f"{WARMUP_FRACTION:.0%} of the run: {_why(test)}"
+    else:
+        how = "the climb a learning-rate range test took from the first rate that moved the loss"
+    changed = record_change(
         exp,
         "lr_warmup",
-        "# ramp the learning rate linearly from 0 over the first 10% of steps",
+        f"# ramp the learning rate linearly from 0 to {test.base_lr:.4g} over the first "
+        f"{warm} steps ({how})",
         schedule=schedule,
+        warmup_steps=warm,
     )
+    return _charged(changed, (test, key))
 
 
 def _adam(exp: Experiment, ctx: Context) -> Experiment:
@@ -227,8 +251,10 @@ REMEDIES = [
     Remedy(
         "lr_warmup",
         "optimization",
-        "warm the learning rate up over the first 10% of steps",
+        "warm the learning rate up linearly, for as many steps as a range test's climb "
+        "from the first rate that moved the loss",
         _lr_warmup,
+        range_steps,
     ),
     Remedy("adam", "optimization", "switch to Adam (lr 1e-3)", _adam),
     Remedy("train_longer", "optimization", "train for twice as many steps", _train_longer),
