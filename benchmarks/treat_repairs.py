@@ -22,7 +22,9 @@ thresholds below mean the same on every case).
 - repaired: treated - untreated >= ``ROOM`` and at least half of the gap closed;
 - falsely verified: a remedy kept while treated - untreated < ``REAL_GAIN``, or the treated
   model predicts one class for (almost) every sample;
-- healthy untouched: a case labelled healthy on which treat applied nothing.
+- healthy untouched: a case labelled healthy on which treat applied nothing;
+- every named remedy screened (issue 14, item 4): each remedy that a warning or critical
+  finding of the untreated run names, and that treat can apply, got a screen.
 
 ``--random-draws N`` puts a random-remedy search beside it (a published study, ICST 2023,
 found random fixes about as good as the repair tools): ``dd.treat`` with ``remedies=`` as
@@ -256,8 +258,24 @@ def measure(case: Case) -> dict[str, Any]:
             for t in tr.trials
         ],
         "findings_before": sorted({f.kind for f in tr.findings_before if f.is_problem}),
+        **named_screened(tr),
         "seconds": round(time.time() - started, 1),
     }
+
+
+def named_screened(tr: Any) -> dict[str, list[str]]:
+    """The remedies that the untreated run's warning and critical findings name (treat can
+    apply them: a prescription is not counted), and those of them that got a screen."""
+    named = {
+        r
+        for f in tr.findings_before
+        if f.severity in ("warning", "critical")
+        for r in f.remedies
+        if r in REMEDIES
+    }
+    ran = {r for t in tr.trials if t.stage == "screen" and t.steps for r in t.remedies}
+    prescribed = {r for t in tr.trials if t.status == "prescription" for r in t.remedies}
+    return {"named": sorted(named - prescribed), "screened": sorted(named & ran)}
 
 
 def random_draw(case: str, draw: int) -> list[str]:
@@ -331,11 +349,19 @@ def totals(results: list[dict[str, Any]], what: str = "cases") -> str:
     kept = sum(bool(r["applied"]) for r in results)
     healthy = sum(r["healthy"] for r in results)
     compute = [r["compute"] for r in results]
+    named = [r for r in results if r.get("named")]
+    every = sum(set(r["named"]) <= set(r["screened"]) for r in named)
+    share = sum(len(r["screened"]) for r in named) / max(1, sum(len(r["named"]) for r in named))
+    screened = (
+        f"; every named remedy screened on {every}/{len(named)} cases ({share:.0%} of the names)"
+        if named and "random" not in what
+        else ""
+    )
     return (
         f"{what} {len(results)}: repaired {repaired}/{room} with room "
         f"({repaired / max(1, room):.0%}); falsely verified {sum(j['false'] for j in js)}/{kept} "
         f"kept; healthy untouched {sum(j['untouched'] for j in js)}/{healthy}; compute mean "
-        f"{np.mean(compute):.2f} max {np.max(compute):.2f} untreated runs"
+        f"{np.mean(compute):.2f} max {np.max(compute):.2f} untreated runs{screened}"
         if results
         else f"{what}: none"
     )

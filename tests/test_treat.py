@@ -112,6 +112,18 @@ def test_the_diverging_relu_mlp_is_treated_and_the_blowup_is_gone(diverging: Tre
     assert tr.compute <= 3.0
 
 
+def test_screens_that_learned_nothing_half_way_give_up_there(
+    diverging: Treatment,
+) -> None:
+    screens = {tuple(t.remedies): t for t in diverging.trials if t.stage == "screen" and t.steps}
+    given_up = [t for t in screens.values() if "given up after 20 of 40 steps" in (t.note or "")]
+    # measured: gradient_clipping and xavier_init at 10.3% with the loss at ln 10 after 20 steps
+    assert len(given_up) >= 2
+    assert all(t.steps == 20 and t.status == "no_gain" and t.score < 0.11 for t in given_up)
+    # lower_lr starts slowly by design and runs its whole screen
+    assert screens[("lower_lr",)].steps == 40
+
+
 def test_a_healthy_model_gets_no_remedy() -> None:
     tr = treat(get_preset("healthy-mlp-digits"))
     assert tr.applied == [] and tr.trials == []

@@ -3,6 +3,8 @@ new rate gets the next rate down)."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -10,7 +12,9 @@ import deepdoctor as dd
 from deepdoctor.presets import sgd
 from deepdoctor.remedies import lr_range, optimization
 from deepdoctor.remedies.lr_range import RangeTest
+from deepdoctor.scoring import Scoring
 from deepdoctor.treat import treat
+from deepdoctor.trials import STUCK_STOP, GiveUpWhenStuck
 
 
 def no_suggestion(exp: dd.Experiment, steps: int = 100) -> RangeTest:
@@ -103,3 +107,32 @@ def test_the_rate_remedies_read_one_range_test_and_treat_charges_it_once(
         (t.remedies, t.status, t.steps) for t in shared.trials
     ]
     assert alone.compute == pytest.approx(shared.compute + 50 / 150, abs=1e-3)
+
+
+# -- a short screen that learned nothing gives up half way -----------------------------------
+
+
+def stuck_state(losses: list[float]) -> SimpleNamespace:
+    return SimpleNamespace(history=SimpleNamespace(loss=losses), stop=None)
+
+
+ACCURACY = Scoring("accuracy", 0.1, "the majority class", "balanced classes")
+
+
+@pytest.mark.parametrize(
+    ("step", "accuracy", "losses", "stops"),
+    [
+        (10, 0.105, [2.30] * 10, True),  # flat loss, score within a point of the trivial 10%
+        (10, 0.120, [2.30] * 10, False),  # the score moved: learning, slowly
+        (10, 0.105, [2.30] * 5 + [2.20] * 5, False),  # the loss moved by more than 1%
+        (9, 0.105, [2.30] * 9, False),  # before half way
+        (20, 0.105, [2.30] * 20, False),  # the screen's last evaluation is its result
+    ],
+)
+def test_give_up_when_stuck_needs_both_a_flat_loss_and_a_trivial_score(
+    step: int, accuracy: float, losses: list[float], stops: bool
+) -> None:
+    state = stuck_state(losses)
+    metrics = {"step": float(step), "val_loss": 2.3, "val_accuracy": accuracy}
+    GiveUpWhenStuck(at=10, end=20, scoring=ACCURACY).on_eval(state, metrics)
+    assert (state.stop == STUCK_STOP) is stops

@@ -8,7 +8,7 @@ returns an Experiment (``deepdoctor.targets`` loads it).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -98,8 +98,10 @@ class Experiment:
         progress: bool | str = False,
         steps: int | None = None,
         seed: int | None = None,
+        callbacks: Sequence[Any] = (),
     ) -> History:
-        """Train once (a fresh model unless one is given) and return the History."""
+        """Train once (a fresh model unless one is given) and return the History;
+        ``callbacks`` as ``training.train``'s."""
         model = model if model is not None else self.build()
         return train(
             model,
@@ -118,4 +120,5 @@ class Experiment:
             probe=probe,
             progress=progress,
             augment=self.augment,
+            callbacks=callbacks,
         )

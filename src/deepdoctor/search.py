@@ -25,7 +25,7 @@ from .remedies.lr_range import sharing_sweeps
 from .remedies.optimization import is_adaptive
 from .scoring import Scoring, metrics_of, needs_another_seed, noise_margin, scoring_for
 from .training import History, is_loader, loader_tensors
-from .trials import TrialEngine, TrialResult, TrialSpec
+from .trials import STUCK_STOP, GiveUpWhenStuck, TrialEngine, TrialResult, TrialSpec
 
 __all__ = ["Ledger", "Search", "Trial", "metrics_of"]
 
@@ -70,6 +70,8 @@ LATE_EFFECT = {
 # first after the named root causes (raw MNIST-1D into a sigmoid MLP: the saturation
 # remedies used the budget and standardize_inputs was never screened).
 UPSTREAM = {"unscaled_inputs"}
+# Remedies whose screens start slowly by design: never given up on half way.
+SLOW_START = {"lower_lr", "lr_warmup"}
 # Remedies that are the same fix as their partner: a switch to ReLU comes with He init.
 PAIRED = {"relu_activation": "he_init", "leaky_relu_activation": "he_init"}
 
@@ -604,9 +606,15 @@ class Round:
         score, baseline_score = self.scoring.of(metrics), self._reference(result.steps, late)
         probed = full_run[1].findings if full_run else None
         why_not = self._why_not(score, baseline_score, probed, screen=full_run is None)
+        gave_up = (
+            f"given up after {history.steps} of {result.steps} steps: neither its loss nor its "
+            f"score had moved from the trivial predictor's"
+            if history.stopped == STUCK_STOP
+            else None
+        )
         return trial(
             "no_gain" if why_not else "passed",
-            note="; ".join(n for n in (last_chance, why_not) if n) or None,
+            note="; ".join(n for n in (last_chance, gave_up, why_not) if n) or None,
             steps=history.steps,
             metrics=metrics,
             score=score,
@@ -666,7 +674,16 @@ class Round:
             steps=None if late else self.screen_steps,
             probed=late,
             allowance=(self.ledger.left, self.ledger.run_steps, reserve),
+            give_up=None if late else self._give_up(group),
         )
+
+    def _give_up(self, group: list[str]) -> GiveUpWhenStuck | None:
+        """A short screen stops half way when it has learned nothing (``GiveUpWhenStuck``),
+        unless its remedies slow the start by design, or nothing is known to compare with."""
+        half = self.screen_steps // 2
+        if set(group) & SLOW_START or half < 1 or not math.isfinite(self.scoring.trivial):
+            return None
+        return GiveUpWhenStuck(half, self.screen_steps, self.scoring)
 
     def _noise_spec(self, offset: int = 1) -> TrialSpec:
         """The untreated run from the seed ``offset`` past its own, to the screening point."""

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import pickle
 import socket
 from collections.abc import Iterator
@@ -43,13 +44,14 @@ from multiprocessing.context import BaseContext
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 
 from .batch import Inputs
 from .experiment import Experiment
 from .pretrained import pretrained_layers
 from .remedies import Context, Prescription, apply_remedies
-from .scoring import metrics_of
+from .scoring import Scoring, metrics_of
 from .training import History, is_loader, loader_tensors
 from .version import __version__
 
@@ -57,6 +59,41 @@ RAY_CONNECT_SECONDS = 3.0  # a Ray address that does not answer within this is u
 SLACK = 1e-9  # sums of step fractions carry float rounding (as search.SLACK)
 
 TrialStatus = Literal["ran", "prescription", "error", "too_long"]
+NO_PROGRESS = 0.01  # a training loss that fell by less than this share of its start has not
+STUCK_STOP = "no_progress"  # History.stopped of a screen that GiveUpWhenStuck stopped
+
+
+@dataclass(frozen=True)
+class GiveUpWhenStuck:
+    """Stops a short screen at its first evaluation from step ``at`` on (before its ``end``)
+    when the run has shown no learning at all: its validation score is no better than the
+    trivial predictor's (by the minimum gain, ``Scoring.beats_trivial`` for a screen) and its
+    training loss has not come down (the median of the last quarter of its steps is not
+    ``NO_PROGRESS`` below the median of the first quarter).
+
+    A screen asks whether a remedy makes the model learn; one that half way has learned
+    neither a lower loss nor a better score than the class frequencies has answered, and its
+    second half would spend what another named remedy's screen needs (the 1,000-layer sigmoid
+    MLP's He-init and ReLU screens sat at ln 10 = 2.30 and 10% for all their 60 steps). Both
+    signs are required: a run learning slowly shows one of them (the stalled transformer's
+    raise_lr screen scored 0.349 against a trivial 0.27 half way, its loss still near ln 4),
+    and a loss-only rule stopped it. Remedies that slow the start by design (lower_lr,
+    lr_warmup) are never given up on (``search``)."""
+
+    at: int
+    end: int  # the screen's length: its last evaluation is its result, not a reason to stop
+    scoring: Scoring
+
+    def on_eval(self, state: Any, metrics: dict[str, float]) -> None:
+        if not self.at <= metrics["step"] < self.end or self.scoring.beats_trivial(
+            self.scoring.of(metrics), screen=True
+        ):
+            return
+        losses = np.asarray(state.history.loss, dtype=float)
+        quarter = max(1, len(losses) // 4)
+        first, last = float(np.median(losses[:quarter])), float(np.median(losses[-quarter:]))
+        if math.isfinite(first) and math.isfinite(last) and last > first - NO_PROGRESS * abs(first):
+            state.stop = STUCK_STOP
 
 
 @dataclass
@@ -80,6 +117,7 @@ class TrialSpec:
     allowance: tuple[float, int, float] | None = None
     progress: bool | str = False
     catch: bool = True  # record an error of the remedies or the run instead of raising it
+    give_up: GiveUpWhenStuck | None = None  # a short screen that may stop half way
 
 
 @dataclass
@@ -146,7 +184,9 @@ def _train(candidate: Experiment, spec: TrialSpec, steps: int) -> tuple[Any, His
         progress = spec.progress
         run = diagnose_experiment(candidate, steps=spec.steps, seed=spec.seed, progress=progress)
         return run, run.history
-    return None, candidate.run(steps=steps, seed=spec.seed, progress=spec.progress)
+    give_up = [spec.give_up] if spec.give_up is not None else []
+    history = candidate.run(steps=steps, seed=spec.seed, progress=spec.progress, callbacks=give_up)
+    return None, history
 
 
 def _fits(allowance: tuple[float, int, float], steps: int) -> bool:
@@ -206,7 +246,7 @@ def _identity(spec: TrialSpec) -> Iterator[Any]:
     if isinstance(exp.loss_fn, torch.nn.Module):
         yield from (_tensor_bytes(t) for t in exp.loss_fn.state_dict().values())
     yield [(c.get("remedy"), c.get("code"), c.get("steps")) for c in exp.meta.get("changes", [])]
-    yield (tuple(spec.remedies), spec.seed, spec.steps, spec.probed)
+    yield (tuple(spec.remedies), spec.seed, spec.steps, spec.probed, spec.give_up)
     yield from _context_identity(spec.context)
 
 
