@@ -404,6 +404,11 @@ def main() -> None:
     results = [done[c.name] for c in chosen if c.name in done]
     print(table(results))
     print(totals(results))
+    # The detection thresholds were chosen on the tuning families (tests/cases): treat's
+    # figures on the families held out from that, apart.
+    held_out = {c.name for c in chosen if c.held_out}
+    print(totals([r for r in results if r["case"] not in held_out], "tuning families, cases"))
+    print(totals([r for r in results if r["case"] in held_out], "held-out families, cases"))
     drawn = [d for r in results for d in random_results(r)]
     if drawn:
         print(totals(drawn, "random-remedy searches"))

@@ -642,6 +642,17 @@ def test_lr_warmup_ramps_the_learning_rate(
     lrs = treated.run().lr
     assert lrs[:warm] == pytest.approx([0.2 * (t + 1) / warm for t in range(warm)])
     assert lrs[warm:] == pytest.approx([0.2] * (50 - warm))
+    # the line changes.py gives the user makes the same rates in a loop of their own
+    line = treated.meta["changes"][-1]["code"].splitlines()[1]
+    opt = torch.optim.SGD(exp.build().parameters(), lr=0.2)
+    names: dict[str, object] = {"torch": torch, "optimizer": opt}
+    exec(line, names)
+    own = []
+    for _ in range(50):
+        own.append(opt.param_groups[0]["lr"])
+        opt.step()
+        names["scheduler"].step()  # type: ignore[attr-defined]
+    assert own == pytest.approx(lrs, rel=1e-12)
     cosine = apply_remedies(exp.replace(schedule="cosine"), ["lr_warmup"], context(digits))
     assert cosine.schedule == "warmup_cosine"
     # a range test whose loss never moved: 10% of the run

@@ -184,11 +184,17 @@ def _lr_warmup(exp: Experiment, ctx: Context) -> Experiment:
         how = f"{WARMUP_FRACTION:.0%} of the run: {_why(test)}"
     else:
         how = "the climb a learning-rate range test took from the first rate that moved the loss"
+    ramp = (
+        f"scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: "
+        f"min(1.0, (step + 1) / {warm}))  # scheduler.step() after each optimizer.step()"
+        if schedule == "warmup"
+        else f"# then the cosine decay over the remaining {exp.steps - warm} steps"
+    )
     changed = record_change(
         exp,
         "lr_warmup",
         f"# ramp the learning rate linearly from 0 to {test.base_lr:.4g} over the first "
-        f"{warm} steps ({how})",
+        f"{warm} steps ({how})\n{ramp}",
         schedule=schedule,
         warmup_steps=warm,
     )
