@@ -23,17 +23,22 @@ def no_suggestion(exp: dd.Experiment, steps: int = 100) -> RangeTest:
     return RangeTest(base_lr=opt.param_groups[0]["lr"], steps=5)
 
 
-def test_a_rate_that_still_blows_up_is_cut_tenfold_again(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(lr_range, "range_test", no_suggestion)
-    split = dd.data.load("digits")
-    exp = dd.Experiment(
+def blowing_up(split: dd.data.Split, steps: int) -> dd.Experiment:
+    """A 2-layer He ReLU MLP at SGD lr 60: its loss blows up."""
+    return dd.Experiment(
         lambda: dd.models.mlp(64, 10, depth=2, width=32, init="he"),
         split.train,
         split.val,
         optimizer=sgd(60.0),
-        steps=60,
+        steps=steps,
         n_classes=10,
     )
+
+
+def test_a_rate_that_still_blows_up_is_cut_tenfold_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lr_range, "range_test", no_suggestion)
+    split = dd.data.load("digits")
+    exp = blowing_up(split, steps=60)
     tr = treat(exp, remedies=["lower_lr"], budget=3)
     screens = [t for t in tr.trials if t.stage == "screen"]
     # 60 -> 6, whose loss still rises (to 1e8 at the screen, finite) -> 0.6, which trains
@@ -76,15 +81,7 @@ def test_the_warmup_lasts_the_range_tests_climb_from_the_first_rate_that_moved_t
 def test_the_rate_remedies_read_one_range_test_and_treat_charges_it_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    split = dd.data.load("digits")
-    exp = dd.Experiment(
-        lambda: dd.models.mlp(64, 10, depth=2, width=32, init="he"),
-        split.train,
-        split.val,
-        optimizer=sgd(60.0),
-        steps=150,
-        n_classes=10,
-    )
+    exp = blowing_up(dd.data.load("digits"), steps=150)
     calls: list[int] = []
     real = lr_range.range_test
 
