@@ -7,14 +7,16 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from torch import nn
 
 import deepdoctor as dd
 from deepdoctor.presets import sgd
 from deepdoctor.remedies import lr_range, optimization
 from deepdoctor.remedies.lr_range import RangeTest
 from deepdoctor.scoring import Scoring
+from deepdoctor.search import Search
 from deepdoctor.treat import treat
-from deepdoctor.trials import STUCK_STOP, GiveUpWhenStuck
+from deepdoctor.trials import STUCK_STOP, GiveUpWhenStuck, TrialSpec, run_trial
 
 
 def no_suggestion(exp: dd.Experiment, steps: int = 100) -> RangeTest:
@@ -133,3 +135,45 @@ def test_give_up_when_stuck_needs_both_a_flat_loss_and_a_trivial_score(
     metrics = {"step": float(step), "val_loss": 2.3, "val_accuracy": accuracy}
     GiveUpWhenStuck(at=10, end=20, scoring=ACCURACY).on_eval(state, metrics)
     assert (state.stop == STUCK_STOP) is stops
+
+
+def test_a_flat_negative_loss_has_not_moved() -> None:
+    flat = sweep(moved_at=None)
+    negative = RangeTest(0.1, flat.lrs, [-1.0] * 70, [-1.0] * 70, steps=70)
+    assert negative.warmup_steps(0.1, 200) is None  # -1.0 is not 1% below -1.0
+    falling = RangeTest(0.1, flat.lrs, [-1.0] * 30 + [-1.5] * 40, [-1.0] * 30 + [-1.5] * 40)
+    assert falling.warmup_steps(falling.lrs[30] * 100, 200) == 20
+
+
+def test_two_rate_remedies_on_one_sweep_are_charged_it_once() -> None:
+    exp = blowing_up(dd.data.load("digits"), steps=150)
+    with lr_range.sharing_sweeps():
+        alone = run_trial(TrialSpec(exp, ("lower_lr",), steps=2))
+        both = run_trial(TrialSpec(exp, ("lower_lr", "lr_warmup"), steps=2))
+    assert alone.remedy_steps == both.remedy_steps == 50  # one 50-step sweep
+    assert both.sweeps == alone.sweeps and len(both.sweeps) == 1
+    search = Search(exp, budget=3)
+    assert (search.remedy_charge(alone), search.remedy_charge(both)) == (50, 0)
+
+
+def test_what_a_sweep_depends_on_is_in_its_key() -> None:
+    split = dd.data.load("digits", subset=300)
+    exp = blowing_up(split, steps=150).replace(loss_fn=nn.CrossEntropyLoss())
+    key = lr_range.sweep_key(exp, 50)
+    assert lr_range.sweep_key(exp.replace(optimizer=sgd(0.1)), 50) == key  # the rate is not
+    weights = torch.linspace(0.5, 2.0, 10)
+    others = [
+        exp.replace(loss_fn=nn.CrossEntropyLoss(weight=weights)),  # what class_weights sets
+        exp.replace(loss_fn=nn.CrossEntropyLoss(label_smoothing=0.3)),
+        exp.replace(model=lambda: frozen_first(dd.models.mlp(64, 10, depth=2, width=32))),
+        exp.replace(batch_size=32),
+        exp.replace(train=(split.X_train[:200], split.y_train[:200])),
+    ]
+    keys = [lr_range.sweep_key(other, 50) for other in others]
+    assert key not in keys and len(set(keys)) == len(keys)
+
+
+def frozen_first(model: nn.Module) -> nn.Module:
+    first = next(m for m in model.modules() if isinstance(m, nn.Linear))
+    first.requires_grad_(False)
+    return model

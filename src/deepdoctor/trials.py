@@ -16,16 +16,16 @@ order (``result``), so the workers only run ahead.
 
 The cache (``cache=DIR``) stores each finished trial under a SHA-256 key of everything it
 depends on (``trial_key``): the deepdoctor and torch versions; the experiment's training
-settings (steps, batch size, seed, clipping, schedule, early stopping, evaluation interval,
-class count, name, the augmentation's name); its data (the bytes of the training and
-validation tensors; for a DataLoader its dataset's type, its length and its first batch);
-the freshly built model (architecture as printed, and its initial weights under the seed);
-the optimizer it builds (class and settings); the loss (as printed, and its tensors); the
-changes remedies made before (their code lines); the remedies, the context they read, the
-seed, the steps and whether the run is probed. It does not see code that none of these
-show (a forward() edited without any change to the module's printout or weights): clear
-the cache after such an edit. A run that was interrupted is never cached. Entries are
-pickles, as trusted as the user's own files.
+settings (steps, batch size, seed, clipping, schedule and warmup, early stopping,
+evaluation interval, class count, name, the augmentation's name); its data (the bytes of
+the training and validation tensors; for a DataLoader its dataset's type, its length and
+its first batch); the freshly built model (architecture as printed, and its initial weights
+under the seed); the optimizer it builds (class and settings); the loss (as printed, and
+its tensors); the changes remedies made before (their code lines); the remedies, the
+context they read, the seed, the steps, whether the run is probed and when a screen gives
+up. It does not see code that none of these show (a forward() edited without any change to
+the module's printout or weights): clear the cache after such an edit. A run that was
+interrupted is never cached. Entries are pickles, as trusted as the user's own files.
 """
 
 from __future__ import annotations
@@ -161,7 +161,11 @@ def run_trial(spec: TrialSpec) -> TrialResult:
     remedy_steps = _remedy_steps(spec.experiment, candidate)
     sweeps = _sweeps(spec.experiment, candidate)
     steps = spec.steps or candidate.steps
-    if spec.allowance is not None and not _fits(spec.allowance, remedy_steps + steps):
+    # Refused only when it would not fit even with its range tests already paid for: the
+    # search knows which are (``Search.remedy_charge``) and judges the rest itself, so that
+    # a trial run ahead in a worker is decided as one run here.
+    shared = sum(sweeps.values())
+    if spec.allowance is not None and not _fits(spec.allowance, remedy_steps - shared + steps):
         return TrialResult(
             "too_long", candidate=candidate, remedy_steps=remedy_steps, steps=steps, sweeps=sweeps
         )
@@ -200,8 +204,11 @@ def _new_changes(base: Experiment, candidate: Experiment) -> list[dict[str, Any]
 
 def _remedy_steps(base: Experiment, candidate: Experiment) -> int:
     """Optimizer steps the remedies spent while being applied (each change records its own,
-    e.g. a learning-rate range test), beyond the base experiment's changes."""
-    return int(sum(c.get("steps", 0) for c in _new_changes(base, candidate)))
+    e.g. a learning-rate range test), beyond the base experiment's changes; a range test
+    that two of them read (lower_lr + lr_warmup) counts once."""
+    changes = _new_changes(base, candidate)
+    own = sum(int(c.get("steps", 0)) for c in changes if not c.get("range_test"))
+    return own + sum(_sweeps(base, candidate).values())
 
 
 def _sweeps(base: Experiment, candidate: Experiment) -> dict[str, int]:

@@ -103,7 +103,8 @@ class RangeTest:
         if len(finite) <= SKIP_START or not (lr > 0 and math.isfinite(lr)):
             return None
         start = self.smoothed[0]
-        moved = next((i for s, i in finite[SKIP_START:] if s < MOVED * start), None)
+        bar = start - (1 - MOVED) * abs(start)  # 1% below the start, for a negative loss too
+        moved = next((i for s, i in finite[SKIP_START:] if s < bar), None)
         if moved is None:
             return None
         first, last = self.lrs[0], self.lrs[-1]
@@ -202,25 +203,38 @@ def sharing_sweeps() -> Iterator[None]:
 
 
 def sweep_key(exp: Experiment, steps: int) -> str | None:
-    """What a sweep of ``exp`` depends on, hashed: the built model (its structure and initial
-    weights), the training tensors, the loop's settings, and the optimizer's class and
-    settings with the rates relative to the first group's. None for data from a loader
-    (its batches are not hashed), which then gets a sweep of its own each time."""
+    """What a sweep of ``exp`` depends on, hashed: the built model (its structure, initial
+    weights and which of them train), the training tensors, the loss (its settings and
+    buffers: class weights, label smoothing), the loop's settings, and the optimizer's class
+    and settings with the rates relative to the first group's and the parameters of each
+    group. None for data from a loader (its batches are not hashed), which then gets a sweep
+    of its own each time."""
     if is_loader(exp.train):
         return None
     h = hashlib.sha256()
     model = exp.build()
     opt = make_optimizer(exp.optimizer, model)
     base = opt.param_groups[0]["lr"]
+    index = {id(p): i for i, p in enumerate(model.parameters())}
     settings = [
         {k: (v / base if k == "lr" and base else v) for k, v in g.items() if k != "params"}
+        | {"params": [index.get(id(p), -1) for p in g["params"]]}
         for g in opt.param_groups
     ]
+    trains = [p.requires_grad for p in model.parameters()]
+    loss = exp.loss_fn
+    loss_settings = (
+        {k: v for k, v in vars(loss).items() if not k.startswith("_") and k != "training"}
+        if isinstance(loss, torch.nn.Module)
+        else None
+    )
     augment = getattr(exp.augment, "__qualname__", repr(exp.augment))
-    parts = [str(model), type(opt).__qualname__, settings, exp.batch_size, exp.seed]
-    parts += [exp.clip_grad, steps, repr(exp.loss_fn), augment]
+    parts = [str(model), trains, type(opt).__qualname__, settings, exp.batch_size, exp.seed]
+    parts += [exp.clip_grad, steps, repr(loss), loss_settings, augment]
     h.update(repr(parts).encode())
-    for tensor in [*model.state_dict().values(), *_tensors(exp.train)]:
+    buffers = list(loss.state_dict().values()) if isinstance(loss, torch.nn.Module) else []
+    for tensor in [*model.state_dict().values(), *buffers, *_tensors(exp.train)]:
+        h.update(repr((tuple(tensor.shape), str(tensor.dtype))).encode())
         h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
     return h.hexdigest()
 
