@@ -126,6 +126,7 @@ from .stats import (
     ForwardWalk,
     ParameterIndex,
     TargetTally,
+    WalkRows,
     activation_modules,
     forward_ordered,
     is_dtensor,
@@ -249,6 +250,7 @@ class Probe:
         self._forward_in_step = False
         self._order_fixed = False
         self._walk: ForwardWalk | None = None  # the sampled forward's observer
+        self._walk_rows = WalkRows()  # its buffers, kept from walk to walk
         self._outside = False  # the walk was begun by begin_forward, not the root forward
         self._walked: ForwardWalk | None = None  # ... once that forward has run
         self._prediction: torch.Size | None = None  # the shape of this step's prediction
@@ -321,6 +323,7 @@ class Probe:
             handle.remove()
         self._handles.clear()
         self._snapshot_buffers = []
+        self._walk_rows = WalkRows()
         self._active = False
 
     def _owns(self, opt: torch.optim.Optimizer) -> bool:
@@ -507,7 +510,7 @@ class Probe:
             self._batch_len = len(x) if x is not None and x.dim() else None
         if first and self.sampling:
             acts = self._acts if self.activations else {}
-            self._walk = ForwardWalk(self._layers, acts).__enter__()
+            self._walk = ForwardWalk(self._layers, acts, self._walk_rows).__enter__()
             self._walk.record_input(x)
 
     def _on_root_output(self, module: nn.Module, args: Any, output: Any) -> None:
