@@ -905,8 +905,9 @@ class ForwardWalk:
         self._act_of = {m: (n, kind) for n, (m, kind) in acts.items()}
         self._handle: Any = None
         self._ran: set[str] = set()  # res.order as a set
-        # Each observed module's statistics as one tensor (as few tensors as layers are
-        # kept through the backward pass), read back by position; the sums of squared
+        # Each observed module's statistics as one tensor, or a group of rows' as one per
+        # statistic (as few tensors as layers are kept through the backward pass), read
+        # back by position; the sums of squared
         # deviations (their positions and degrees of freedom) become stds all at once there.
         self._kept: list[torch.Tensor] = []
         self._n_kept = 0
