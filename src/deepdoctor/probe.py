@@ -91,8 +91,10 @@ CNN of 20 conv layers on 32x32 images, +3% for a 6 x 256 transformer on sequence
 with ``every=1`` +25%, +8%, +7%. Most of the default's cost is the per-step norms, one read
 of every weight and every gradient. Small models pay more, because part of the cost is per
 tensor and per module rather than per number: a 50 x 64 sigmoid MLP on batches of 64, whose
-step is 4-7 ms, +15% (``every=1`` +150%; it was +28% before the norms of its small tensors
-were read in stacks, ``stats.norms_and``); a 4 x 512 ReLU MLP on batches of 256, +2% (+16%).
+step is 5-8 ms, +18% on one thread and +9% on torch's two (``every=1`` +84%, +66%; it was
++28% before the norms of its small tensors were read in stacks, ``stats.norms_and``, and
++27% before a sampled forward's small outputs were measured in stacks, ``stats.WalkRows``);
+a 4 x 512 ReLU MLP on batches of 256, +2% (+16%).
 A tensor whose norm was tiny the step before is read in float64 at once, so a vanishing
 layer costs no second pass.
 
