@@ -159,10 +159,10 @@ print(repr(sum(float(p.detach().double().sum()) for p in model.parameters())))
 
 def test_the_resized_model_is_the_same_in_every_process() -> None:
     """The new layers draw their weights in the model's order, not in the order of a set of
-    names, which follows each process's string hashing (at 3282edf four hash seeds gave four
-    different models)."""
+    names, which follows each process's string hashing (at 3282edf hash seeds 0-3 gave four
+    different models: parameter sums -2.988, -1.910, 0.665, -1.939)."""
     sums = set()
-    for hash_seed in ("0", "1", "2", "3"):
+    for hash_seed in ("0", "1"):
         env = {**os.environ, "PYTHONHASHSEED": hash_seed}
         run = subprocess.run(
             [sys.executable, "-c", RESIZE_IN_A_PROCESS],
