@@ -18,6 +18,7 @@ from deepdoctor.cli import main
 from deepdoctor.presets import get_preset, sgd
 from deepdoctor.remedies import REMEDIES, Context, apply_remedies
 from deepdoctor.remedies.base import Remedy
+from deepdoctor.scoring import MIN_GAIN_ACCURACY
 from deepdoctor.search import BudgetError, Ledger
 from deepdoctor.treat import STATUSES, Treatment, treat
 
@@ -118,8 +119,12 @@ def test_screens_that_learned_nothing_half_way_give_up_there(
     screens = {tuple(t.remedies): t for t in diverging.trials if t.stage == "screen" and t.steps}
     given_up = [t for t in screens.values() if "given up after 20 of 40 steps" in (t.note or "")]
     # measured: gradient_clipping and xavier_init at 10.3% with the loss at ln 10 after 20 steps
+    # (37 of 360: the majority class, the trivial predictor's score). A fixed 0.11 sat 2.6
+    # samples above that and below the give-up rule's own bar, trivial + the minimum gain
+    # (0.113), which a stuck screen may reach on another CPU; one above the bar learned.
     assert len(given_up) >= 2
-    assert all(t.steps == 20 and t.status == "no_gain" and t.score < 0.11 for t in given_up)
+    bar = diverging.scoring["trivial"] + MIN_GAIN_ACCURACY
+    assert all(t.steps == 20 and t.status == "no_gain" and t.score <= bar for t in given_up)
     # lower_lr starts slowly by design and runs its whole screen
     assert screens[("lower_lr",)].steps == 40
 
