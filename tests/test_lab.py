@@ -19,6 +19,7 @@ import pytest
 from deepdoctor.cli import main
 from deepdoctor.lab import LABS, Conclusion, Lab, LabRun, Settings, run_lab
 from deepdoctor.lab.edge_of_chaos import chi_1, depth_scale, fixed_point_q
+from deepdoctor.lab.regularization import TIE
 
 NAMES = [
     "layer-speed",
@@ -154,10 +155,12 @@ def test_regularization_narrows_the_gap_and_kfold_chooses(quick):
     gap = numbers["gap"]
     # seeds 0-2: the gap without regularization is 0.21, 0.17, 0.24; dropout narrows it by
     # 0.08, 0.05, 0.09 and augmentation by 0.04, 0.06, 0.06, while weight decay's 0.02, 0.02,
-    # 0.002 and early stopping's 0 are too close to call in the quick budget.
+    # 0.002 and early stopping's 0 are too close to call in the quick budget. Narrower than
+    # the lab's tie of one point: at seed 0 augmentation's 0.043 (0.210 -> 0.167, each gap a
+    # difference of two accuracies of two runs) stood 0.023 above the 0.02 asserted before.
     assert gap["none"] > 0.1  # the wide net overfits the small subset
-    assert gap["dropout"] < gap["none"] - 0.02
-    assert gap["data_augmentation"] < gap["none"] - 0.02
+    assert gap["dropout"] < gap["none"] - TIE
+    assert gap["data_augmentation"] < gap["none"] - TIE
     assert {"dropout", "data_augmentation"} <= set(numbers["narrower"])
     assert len(rows_by(run, method="dropout")) == 3  # holdout + 2 KFold folds
     assert set(numbers["cv"]) == {
