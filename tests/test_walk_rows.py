@@ -11,6 +11,7 @@ import math
 import torch
 from torch import nn
 
+from deepdoctor.probe import Probe
 from deepdoctor.stats import (
     STACK_NUMEL,
     ForwardWalk,
@@ -137,3 +138,47 @@ def test_row_mean_sqdev_equals_each_row_alone() -> None:
             m, s = mean_sqdev(x)
             assert s is not None
             assert torch.equal(mean[i], m) and torch.equal(sqdev[i], s)
+
+
+def _stacked_bytes(model: nn.Module, x: torch.Tensor) -> int:
+    """The bytes of float32 rows that one forward's small contiguous outputs (of layers
+    and activations) fill, counted with plain hooks."""
+    watched = {*parameter_layers(model)[0].values()}
+    watched |= {m for m, _ in activation_modules(model).values()}
+    sizes: list[int] = []
+
+    def hook(m: nn.Module, a: object, out: torch.Tensor) -> None:
+        if m in watched and 2 <= out.numel() <= STACK_NUMEL and out.is_contiguous():
+            sizes.append(out.numel() * 4)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return sum(sizes)
+
+
+def test_buffers_stay_those_of_the_last_walk_when_every_batch_has_another_size() -> None:
+    """A run whose batches all differ in size (sequences packed by length, the last batch of
+    an epoch) keeps the buffers of the last sampled forward only, not one set per size seen;
+    a size seen again reuses them."""
+    torch.manual_seed(0)
+    net = nn.Sequential(*(m for _ in range(6) for m in (nn.Linear(16, 16), nn.Tanh())))
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3)
+    with Probe(net, optimizer=opt, every=1) as probe:
+        for batch in [*range(4, 34), 33]:
+            loss = net(torch.randn(batch, 16)).square().mean()
+            probe.record_loss(loss)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if batch == 33:
+                kept = {k: g.buf.data_ptr() for k, g in probe._walk_rows.groups.items()}
+        groups = probe._walk_rows.groups
+        held = sum(g.buf.numel() * g.buf.element_size() for g in groups.values())
+        assert {k: g.buf.data_ptr() for k, g in groups.items()} == kept
+    # 12 outputs of 33 x 16 float32: 25,344 bytes (30 sizes kept: 12 x 16 x 4 x 555)
+    assert held == _stacked_bytes(net, torch.randn(33, 16)) == 12 * 33 * 16 * 4

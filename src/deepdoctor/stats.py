@@ -859,8 +859,10 @@ class _Rows:
 
 class WalkRows:
     """The buffers a caller that walks forward after forward keeps between walks (the
-    Probe, while attached): one per shape and kind of small output, as many rows as the
-    last walk filled. A fresh stack each walk would come from the system as new pages."""
+    Probe, while attached): one per shape and kind of small output the last walk filled,
+    as many rows as it filled. A fresh stack each walk would come from the system as new
+    pages; the last walk's only, so that batches of ever new sizes keep one set, not one
+    per size seen."""
 
     def __init__(self) -> None:
         self.groups: dict[tuple[Any, ...], _Rows] = {}
@@ -994,6 +996,8 @@ class ForwardWalk:
     def _close_rows(self) -> None:
         """The statistics of every group of rows this walk filled, kept like ``_keep``'s."""
         filling, self._filling = self._filling, {}
+        if filling:  # the buffers of shapes this walk did not produce are dropped
+            self._rows.groups = dict(filling)
         for (shape, _, kind, conv_like), group in filling.items():
             n, names = len(group.names), group.names
             if group.extra:  # more rows than the buffer has: a larger one, for next time
