@@ -182,3 +182,48 @@ def test_buffers_stay_those_of_the_last_walk_when_every_batch_has_another_size()
         assert {k: g.buf.data_ptr() for k, g in groups.items()} == kept
     # 12 outputs of 33 x 16 float32: 25,344 bytes (30 sizes kept: 12 x 16 x 4 x 555)
     assert held == _stacked_bytes(net, torch.randn(33, 16)) == 12 * 33 * 16 * 4
+
+
+class _Checked(nn.Module):
+    """A Linear and a Tanh, then a check that raises on a non-finite batch (a loop that
+    skips bad batches), then a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.t, self.b = nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.t(self.a(x))
+        if not torch.isfinite(h).all():
+            raise ValueError("bad batch")
+        return self.b(h)
+
+
+def test_a_forward_that_raises_then_an_inference_mode_pass_leave_the_walks_working() -> None:
+    """The walk of a forward that raised ends at the next forward, here one under
+    ``torch.inference_mode``: its buffers are made there, and must still take the next
+    sampled training forward's outputs (an inference tensor cannot be written outside)."""
+    torch.manual_seed(0)
+    net = _Checked()
+    opt = torch.optim.SGD(net.parameters(), lr=1e-2)
+    xs = [torch.randn(4, 8) for _ in range(4)]
+    xs[0][0, 0] = math.nan
+    with Probe(net, optimizer=opt, every=1) as probe:
+        for x in xs:
+            try:
+                loss = net(x).square().mean()
+            except ValueError:
+                with torch.inference_mode():
+                    net.eval()
+                    net(torch.randn(4, 8))
+                    net.train()
+                continue
+            with torch.no_grad():  # the layer's output, before the step changes it
+                want = mean_std(nn.functional.linear(x, net.a.weight, net.a.bias))
+            probe.record_loss(loss)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    out = probe.trace.outputs.rows
+    assert out["out_mean"][-1][0] == want[0].item() != 0.0
+    assert out["out_std"][-1][0] == want[1].item() > 0.0

@@ -1002,8 +1002,11 @@ class ForwardWalk:
             n, names = len(group.names), group.names
             if group.extra:  # more rows than the buffer has: a larger one, for next time
                 full = [group.buf[: len(group.views)]] if group.buf is not None else []
-                group.buf = torch.cat([*full, torch.stack(group.extra)])
-                group.views = list(group.buf.unbind(0))
+                # a normal tensor even when this runs in inference mode (a walk that ended
+                # at an evaluation's forward): the next walks write into it
+                with torch.inference_mode(False):
+                    group.buf = torch.cat([*full, torch.stack(group.extra)])
+                    group.views = list(group.buf.unbind(0))
                 group.extra = []
             assert group.buf is not None
             x = group.buf[:n]
