@@ -251,7 +251,8 @@ STACK_NUMEL = 32768
 @dataclass
 class _Batch:
     """Tensors whose norms one call reads: a stack of same-shaped small ones, or a list read
-    one by one; in float32 or, for tiny norms, float64.
+    one by one; in float32 or, for tiny norms, float64. ``start``: where its norms begin in
+    the plan's result.
 
     A stack is read into ``into``, a buffer kept with the plan: a fresh stack of a model's
     small tensors is large enough to come from the system as new pages (~70 page faults a
@@ -263,17 +264,22 @@ class _Batch:
     positions: list[int]
     stacked: bool
     wide: bool
+    start: int = 0
     into: torch.Tensor | None = None
     wide_into: torch.Tensor | None = None
 
 
 @dataclass
 class _NormPlan:
-    """How ``norms_and`` reads a list of tensors: its batches, and where each position's
-    norm lands in their concatenation (None: in order)."""
+    """How ``norms_and`` reads a list of tensors: its batches, whose norms fill ``out`` (a
+    float64 vector kept with a cached plan) one after the other; ``order[i]``, where the
+    norm of position i lands there (None: in order); ``narrow``, the positions read in the
+    tensors' own dtype, whose values may need a float64 recount."""
 
     batches: list[_Batch]
-    order: torch.Tensor | None
+    order: list[int] | None
+    narrow: list[int]
+    out: torch.Tensor | None = None
 
 
 class NormCache:
@@ -288,7 +294,7 @@ def _norm_plan(
     tensors: Sequence[torch.Tensor], wide: Sequence[int], buffers: bool = False
 ) -> _NormPlan:
     """Group the tensors of one shape, dtype and device (small, contiguous) into stacks;
-    ``buffers``: give each stack a buffer to be read into."""
+    ``buffers``: give each stack a buffer to be read into, and the plan its result vector."""
     wide_set = set(wide)
     groups: dict[tuple[Any, ...], list[int]] = {}
     loose: dict[bool, list[int]] = {False: [], True: []}
@@ -309,36 +315,51 @@ def _norm_plan(
             into = torch.empty(size, dtype=dtype, device=device)
             if w:
                 wide_into = torch.empty(size, dtype=torch.float64, device=device)
-        batches.append(_Batch(positions, True, w, into, wide_into))
+        batches.append(_Batch(positions, True, w, into=into, wide_into=wide_into))
     batches += [_Batch(sorted(positions), False, w) for w, positions in loose.items() if positions]
+    start = 0
+    for batch in batches:
+        batch.start = start
+        start += len(batch.positions)
     ran = [i for batch in batches for i in batch.positions]
+    narrow = sorted(i for batch in batches if not batch.wide for i in batch.positions)
+    out = None
+    if buffers and tensors:
+        out = torch.empty(len(tensors), dtype=torch.float64, device=tensors[0].device)
     if ran == list(range(len(tensors))):
-        return _NormPlan(batches, None)
+        return _NormPlan(batches, None, narrow, out)
     order = [0] * len(ran)
     for k, i in enumerate(ran):
         order[i] = k
-    return _NormPlan(batches, torch.tensor(order))
+    return _NormPlan(batches, order, narrow, out)
 
 
 def _planned_norms(tensors: Sequence[torch.Tensor], plan: _NormPlan) -> torch.Tensor:
-    """The norms of ``tensors`` as one float64 tensor, in order: a stack of same-shaped small
-    tensors is one copy and one reduction instead of a dispatch per tensor."""
-    parts = []
+    """The norms of ``tensors`` as one float64 vector, in the plan's order: a stack of
+    same-shaped small tensors is one copy and one reduction instead of a dispatch per
+    tensor, and each batch writes its norms straight into the vector."""
+    out = plan.out
+    if out is None:
+        out = torch.empty(len(tensors), dtype=torch.float64, device=tensors[0].device)
     for batch in plan.batches:
         chosen = [tensors[i] for i in batch.positions]
-        dtype = torch.float64 if batch.wide else None
-        if batch.stacked:
-            rows = torch.stack(chosen, out=batch.into).view(len(chosen), -1)
-            if batch.wide_into is not None:
-                rows = batch.wide_into.view(len(chosen), -1).copy_(rows)
-                dtype = None  # float64 already
-            part = torch.linalg.vector_norm(rows, 2, dim=1, dtype=dtype)
+        target = out[batch.start : batch.start + len(chosen)]
+        if not batch.stacked:
+            dtype = torch.float64 if batch.wide else None
+            target.copy_(torch.stack(torch._foreach_norm(chosen, 2, dtype=dtype)))
+            continue
+        rows = torch.stack(chosen, out=batch.into).view(len(chosen), -1)
+        if not batch.wide:
+            target.copy_(torch.linalg.vector_norm(rows, 2, dim=1))
+            continue
+        wide = rows.to(torch.float64) if batch.wide_into is None else batch.wide_into
+        if batch.wide_into is not None:
+            wide.view(len(chosen), -1).copy_(rows)
+        if wide.device == out.device:
+            torch.linalg.vector_norm(wide.view(len(chosen), -1), 2, dim=1, out=target)
         else:
-            part = torch.stack(torch._foreach_norm(chosen, 2, dtype=dtype))
-        parts.append(part)
-    device = parts[0].device
-    joined = torch.cat([t.to(device, torch.float64) for t in parts])
-    return joined if plan.order is None else joined[plan.order.to(device)]
+            target.copy_(torch.linalg.vector_norm(wide.view(len(chosen), -1), 2, dim=1))
+    return out
 
 
 def norms_and(
@@ -367,19 +388,21 @@ def norms_and(
     n = len(tensors)
     exact = sorted(i for i in tiny if i < n) if tiny else []
     try:
-        joined = _planned_norms(tensors, _cached_plan(tensors, exact, cache, key))
+        plan = _cached_plan(tensors, exact, cache, key)
+        joined = _planned_norms(tensors, plan)
     except RuntimeError:  # a stack whose shapes or devices changed since it was planned
         if cache is None:
             raise
         cache.plans.clear()
-        joined = _planned_norms(tensors, _cached_plan(tensors, exact, cache, key))
+        plan = _cached_plan(tensors, exact, cache, key)
+        joined = _planned_norms(tensors, plan)
     if also:
         tail = [t.reshape(-1).to(joined.device, torch.float64) for t in also]
         joined = torch.cat([joined, *tail])
     read = joined.tolist()
-    values, extra = read[:n], read[n:]
-    wide = set(exact)
-    recount = recount_tiny(tensors, values, [i for i in range(n) if i not in wide])
+    values = read[:n] if plan.order is None else [read[k] for k in plan.order]
+    extra = read[n:]
+    recount = recount_tiny(tensors, values, plan.narrow)
     if tiny is not None:
         tiny.difference_update(i for i in exact if not values[i] < TINY_NORM)
         tiny.update(recount)
@@ -734,15 +757,26 @@ class ParameterIndex:
             grad_sq = _squared(measured, len(self.params))
         if grad_sq is None:
             grads = [p.grad for p in self.params]
-            present = [j for j, g in enumerate(grads) if g is not None]
             live = [g for g in grads if g is not None]
+            every = len(live) == len(grads)  # the common case: its key costs nothing to hash
+            present: Sequence[int] = range(len(grads))
+            if not every:
+                present = [j for j, g in enumerate(grads) if g is not None]
             with torch.no_grad():
                 values, extra = norms_and(
-                    [*live, *self.params], also, self._tiny, self._norm_cache, tuple(present)
+                    [*live, *self.params],
+                    also,
+                    self._tiny,
+                    self._norm_cache,
+                    None if every else tuple(present),
                 )
             grad_values = values[: len(present)]
-            squares = {j: v * v for j, v in zip(present, grad_values, strict=True)}
             weight_values = values[len(present) :]
+            nonfinite = not all(map(math.isfinite, grad_values))
+            if every and self._paired is not None:
+                grad_squares = [v * v for v in grad_values]
+                return self._paired_rows(grad_squares, weight_values), nonfinite, extra
+            squares = {j: v * v for j, v in zip(present, grad_values, strict=True)}
         else:
             squares = {j: v for j, v in enumerate(grad_sq) if not math.isnan(v)}
             grad_values = list(squares.values())
