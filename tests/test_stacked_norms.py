@@ -98,3 +98,54 @@ def test_a_cache_gives_the_values_of_a_fresh_plan() -> None:
         if not (1 in was_tiny and scale == 1.0):  # a norm tiny the step before: float64
             assert values == [_norm(t) for t in tensors]
         assert tiny == ({1} if scale < 1 else set())
+
+
+def _update_norm(delta: torch.Tensor) -> float:
+    """An update's norm as the Probe records it: float32 (so a float64 layer's is rounded
+    to float32), recounted in float64 when that is tiny."""
+    v = float(torch.linalg.vector_norm(delta).float())
+    return float(torch.linalg.vector_norm(delta, dtype=torch.float64)) if v < TINY_NORM else v
+
+
+def test_update_ratios_read_from_stacked_snapshots_are_each_layers_own() -> None:
+    # every=1: each step's snapshot goes into stats.StackedCopies (the six 16 x 16 layers
+    # as rows of one stack); one layer in float64, whose update norm is float32 as before
+    torch.manual_seed(0)
+    net = _Net()
+    net.body[4].double()
+    net.forward = _mixed_forward.__get__(net)  # type: ignore[method-assign]
+    opt = torch.optim.SGD(net.parameters(), lr=0.05)
+    x = torch.randn(32, 16)
+    expected = []
+    with Probe(net, every=1) as probe:
+        for _ in range(4):
+            opt.zero_grad()
+            net(x).backward()
+            layers = [*net.body, net.big, net.odd, *net.side]
+            before = [[p.detach().clone() for p in (m.weight, m.bias)] for m in layers]
+            opt.step()
+            after = [[p.detach() for p in (m.weight, m.bias)] for m in layers]
+            expected.append(
+                [
+                    math.sqrt(sum(_update_norm(b - a) ** 2 for b, a in zip(bs, as_, strict=True)))
+                    for bs, as_ in zip(before, after, strict=True)
+                ]
+            )
+    trace = probe.trace
+    weight_norms = trace.layer.array("weight_norm")
+    got = trace.updates.array("update_ratio")
+    assert got.shape == (4, len(trace.layers))
+    for step in range(4):
+        assert got[step].tolist() == [
+            moved / w for moved, w in zip(expected[step], weight_norms[step], strict=True)
+        ]
+
+
+def _mixed_forward(self: _Net, x: torch.Tensor) -> torch.Tensor:
+    """``_Net.forward`` with its fifth body layer in float64."""
+    h = x
+    for i, layer in enumerate(self.body):
+        h = torch.tanh(layer(h.double()).float()) if i == 4 else torch.tanh(layer(h))
+    main = self.big(h).mean() + self.odd(h).pow(2).mean()
+    side = sum(layer(x).pow(2).mean() for layer in self.side)
+    return main + SIDE * side

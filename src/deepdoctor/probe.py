@@ -690,6 +690,7 @@ class Probe:
                 moved = self._index.global_squares(copies, range(len(copies)))
             else:
                 moved, order = before.norms()
+                moved = moved.float()  # float32, as always (and not the stack's reused vector)
         step, weight_norm = self._step, list((self._grad_row or {}).get("weight_norm", []))
         layer_of, names = list(self._index.layer_of), list(self._index.layer_params)
 
