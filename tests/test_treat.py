@@ -202,10 +202,15 @@ def test_trials_carry_a_status_a_round_and_a_reason_in_words(sigmoid50: Treatmen
         ("verify", "kept"),
     ]
     reasons = {t.reason for t in sigmoid50.trials if t.status == "not_tried"}
+    # What was left: 3 runs less the baseline, the noise run and the four screens that ran
+    # (relu_activation+he_init's screen gives up half way on some CPUs: 1.1 runs left, else 1)
+    ran = sum(t.steps for t in sigmoid50.trials if t.stage == "screen")
+    left = f"{3.0 - 1.2 - ran / sigmoid50.experiment.steps:.3g}"
+    left = "1 run" if left == "1" else f"{left} runs"
     assert reasons == {
-        "the budget left (1 run) is less than this screen and its verification need (1.2 runs)",
+        f"the budget left ({left}) is less than this screen and its verification need (1.2 runs)",
         # raise_lr's range test (100 of the run's 300 steps) counted before it is applied
-        "the budget left (1 run) is less than this screen and its verification need (1.53 runs)",
+        f"the budget left ({left}) is less than this screen and its verification need (1.53 runs)",
         "treat screens at most 6 remedy sets a round, best-ranked first",
     }
     assert all(
