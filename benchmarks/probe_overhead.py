@@ -14,10 +14,13 @@ thread (see ``_timing``) unless ``--threads`` says otherwise (0: torch's default
 Target: at most 1.05 at default settings; at most 1.15 for the small-step MLP.
 ``--before SRC`` also times the Probe of another checkout (its ``src`` directory, loaded
 beside this one in the same process: ``_timing.load_copy``) in the same rounds, so a change
-is measured side by side with the code before it.
+is measured side by side with the code before it. ``--per-step N`` times one step at a
+time instead, every configuration's steps shuffled together, over N sampling periods (the
+ratio: the median over periods), which separates changes of 1-2% that the rounds do not.
 
     .venv/bin/python benchmarks/probe_overhead.py [--rounds 7] [--threads 1]
         [--models mlp cnn transformer small] [--before /path/to/checkout/src]
+        [--per-step PERIODS]
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from _timing import (
     benches,
     interleaved,
     load_copy,
+    per_step,
     pin_threads,
     plain_runner,
     probe_runner,
@@ -48,6 +52,13 @@ def main() -> None:
     )
     parser.add_argument(
         "--before", metavar="SRC", help="also time the Probe of the deepdoctor under SRC"
+    )
+    parser.add_argument(
+        "--per-step",
+        type=int,
+        metavar="PERIODS",
+        help="time one step at a time in shuffled order over PERIODS sampling periods "
+        "(_timing.per_step) instead of blocks in rounds",
     )
     args = parser.parse_args()
     before = load_copy(args.before) if args.before else None
@@ -69,7 +80,10 @@ def main() -> None:
             runners["default, before"] = probe_runner(bench, package=before)
             runners["every=1, before"] = probe_runner(bench, every=1, package=before)
         watched = [n for n in runners if n not in ("plain", "plain again")]
-        t = interleaved(runners, bench.block, rounds)
+        if args.per_step:
+            t = per_step(runners, bench.block, args.per_step)
+        else:
+            t = interleaved(runners, bench.block, rounds)
         rows.append(
             [
                 bench.describe,

@@ -529,3 +529,54 @@ def test_a_norm_between_layers_is_not_mistaken_for_an_activation() -> None:
     model = nn.Sequential(nn.Linear(6, 32), nn.LayerNorm(32), nn.Linear(32, 3))
     trace = _probe_one_forward(model, torch.randn(16, 6))
     assert trace.act_layers == []
+
+
+def test_weight_norms_are_measured_on_sampled_steps_and_held_between() -> None:
+    # Measured independently: each layer's ||W||, ||b|| just before each update.
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+    opt = torch.optim.SGD(net.parameters(), lr=0.5)
+    x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
+    actual = []
+    with Probe(net, every=4) as probe:
+        for _ in range(9):
+            opt.zero_grad()
+            nn.functional.cross_entropy(net(x), y).backward()
+            actual.append(
+                [
+                    math.hypot(float(m.weight.detach().norm()), float(m.bias.detach().norm()))
+                    for m in (net[0], net[2])
+                ]
+            )
+            opt.step()
+    got = probe.trace.layer.array("weight_norm")
+    for step in range(9):
+        np.testing.assert_allclose(got[step], actual[step - step % 4], rtol=1e-6)
+    assert not np.allclose(actual[0], actual[3], rtol=1e-3)  # the weights did move meanwhile
+
+
+def test_weights_are_measured_on_a_step_whose_gradients_are_not_finite() -> None:
+    # Step 1 of 16 (not sampled): an Inf gradient puts Inf into the weights at its update,
+    # so step 2's weights are Inf; both steps' gradients are non-finite, so both measure.
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    x = torch.randn(8, 4)
+    before = []
+    with Probe(net) as probe:
+        for step in range(4):
+            opt.zero_grad()
+            net(x).sum().backward()
+            if step == 1:
+                assert net[2].weight.grad is not None
+                net[2].weight.grad[0, 0] = math.inf
+            before.append(
+                math.hypot(float(net[0].weight.detach().norm()), float(net[0].bias.detach().norm()))
+            )
+            opt.step()
+    t = probe.trace
+    assert t.steps.array("nonfinite_weight")[:, 0].tolist() == [0.0, 0.0, 1.0, 1.0]
+    weight_norm = t.layer.array("weight_norm")
+    assert weight_norm[1, 0] == pytest.approx(before[1], rel=1e-6)  # measured, not step 0's
+    assert before[1] != before[0]
+    assert not np.isfinite(weight_norm[2:, 1]).any()

@@ -64,7 +64,7 @@ def test_stacked_norms_are_each_tensors_own_norm_bit_for_bit() -> None:
     opt = torch.optim.SGD(net.parameters(), lr=0.01)
     x = torch.randn(32, 16)
     expected = []
-    with Probe(net, every=1000) as probe:
+    with Probe(net, every=3) as probe:  # weights measured at steps 0 and 3, held between
         for step in range(6):
             if step == 3:  # a bias of another shape (broadcast alike) leaves its stack
                 with torch.no_grad():
@@ -81,7 +81,8 @@ def test_stacked_norms_are_each_tensors_own_norm_bit_for_bit() -> None:
     assert (tiny > 0).all() and (tiny < TINY_NORM).all()  # read in float64, not underflowed
     for stat in expected[0]:
         got = trace.layer.array(stat).tolist()
-        assert got == [row[stat] for row in expected], stat
+        held = [expected[step - step % 3] for step in range(6)] if stat == "weight_norm" else None
+        assert got == [row[stat] for row in held or expected], stat
 
 
 def test_a_cache_gives_the_values_of_a_fresh_plan() -> None:

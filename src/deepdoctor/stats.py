@@ -762,17 +762,23 @@ class ParameterIndex:
         # positions in [*gradients, *params] whose norm was tiny last step (see norms_and)
         self._tiny: set[int] = set()
         self._norm_cache = NormCache()  # how norms_and stacks them
+        self._held_weights: list[float] | None = None  # the last weight norms measured
         self._paired = self._pair_up()  # per layer (weight, bias) positions, or None
 
     def reorder(self, names: Sequence[str]) -> None:
+        held = self._held_weights
+        by_id = dict(zip(map(id, self.params), held or (), strict=False))
         self.layer_params = {n: self.layer_params[n] for n in names}
         self._flatten()
+        if held is not None:  # the weight norms held stay the same parameters'
+            self._held_weights = [by_id[id(p)] for p in self.params]
 
     def read(
         self,
         grad_sq: Sequence[float] | None = None,
         grad_norms: AutogradNorms | None = None,
         also: Sequence[torch.Tensor] = (),
+        weights: bool = True,
     ) -> tuple[dict[str, list[float]], bool, list[float]]:
         """The per-layer norm rows, whether any gradient was NaN or Inf, and the values of
         the tensors ``also`` (flattened, in order), read in the same host sync.
@@ -782,6 +788,13 @@ class ParameterIndex:
         gradients by autograd (``AutogradNorms``), read with the weight norms; by default
         the norms of ``.grad``. One host sync in every case (two on the step a norm first
         falls below ``TINY_NORM``: it is read again in float64).
+
+        ``weights=False``: the gradients of ``.grad`` are read, and the weight norms are
+        those of the last read that measured them (weights move by an update ratio of about
+        1e-3 a step, while reading them costs as much as reading the gradients). They are
+        measured all the same on the first read, and when a gradient is NaN or Inf: a
+        weight can only turn non-finite in an update, and the forward that uses it then
+        makes the loss and the gradients non-finite at that step.
         """
         weight_values: list[float] | None = None
         extra: list[float] = []
@@ -802,17 +815,24 @@ class ParameterIndex:
             present: Sequence[int] = range(len(grads))
             if not every:
                 present = [j for j, g in enumerate(grads) if g is not None]
+            held = None if weights else self._held_weights
             with torch.no_grad():
                 values, extra = norms_and(
-                    [*live, *self.params],
+                    live if held is not None else [*live, *self.params],
                     also,
                     self._tiny,
                     self._norm_cache,
                     None if every else tuple(present),
                 )
             grad_values = values[: len(present)]
-            weight_values = values[len(present) :]
             nonfinite = not all(map(math.isfinite, grad_values))
+            if held is None:
+                weight_values = self._held_weights = values[len(present) :]
+            elif nonfinite:
+                with torch.no_grad():
+                    weight_values = self._held_weights = norms(self.params)
+            else:
+                weight_values = held
             if every and self._paired is not None:
                 grad_squares = [v * v for v in grad_values]
                 return self._paired_rows(grad_squares, weight_values), nonfinite, extra
@@ -823,6 +843,7 @@ class ParameterIndex:
             if weight_values is None:
                 with torch.no_grad():
                     weight_values, extra = norms_and(self.params, also)
+        self._held_weights = list(weight_values)
         nonfinite = not all(map(math.isfinite, grad_values))
         return self._rows(squares, weight_values), nonfinite, extra
 

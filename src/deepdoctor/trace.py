@@ -15,7 +15,8 @@ table      recorded      statistics
 ========== ============= ===================================================================
 steps      every step    loss, lr, grad_norm_total, nonfinite_loss, nonfinite_grad,
                          nonfinite_weight (one value per step, no layer axis)
-layers     every step    grad_norm_weight, grad_norm_bias, weight_norm
+layers     every step    grad_norm_weight, grad_norm_bias, weight_norm (measured on the
+                         sampled steps and on steps with non-finite gradients, held between)
 outputs    sampled       out_mean, out_std of every parameterised layer's output
 updates    sampled       update_ratio = ||w_after - w_before|| / ||w_before||
 acts       sampled       act_mean, act_std, dead_frac, saturated_frac, nonfinite
