@@ -56,7 +56,8 @@ the next step's norms), a sampled step's update norms and the pretrained layers'
 with the next step's). What still waits at the end is read when ``probe.trace`` is. Counted
 in ``tests/test_host_syncs.py`` (on a CPU, calls that bring tensor values into Python). More
 reads only: with ``scaler=``, the loss scale (once a step); on the step a norm first falls
-below ``stats.TINY_NORM``, its float64 recount; a forward begun by ``begin_forward`` that
+below ``stats.TINY_NORM``, its float64 recount; on an unsampled step whose gradients are not
+finite, the weight norms; a forward begun by ``begin_forward`` that
 has not ended when the gradients are read, its own read.
 
 The loss is not visible to module hooks: call ``probe.record_loss(loss)`` once per step

@@ -767,10 +767,11 @@ class ParameterIndex:
 
     def reorder(self, names: Sequence[str]) -> None:
         held = self._held_weights
-        by_id = dict(zip(map(id, self.params), held or (), strict=False))
         self.layer_params = {n: self.layer_params[n] for n in names}
+        before = self.params
         self._flatten()
         if held is not None:  # the weight norms held stay the same parameters'
+            by_id = dict(zip(map(id, before), held, strict=True))
             self._held_weights = [by_id[id(p)] for p in self.params]
 
     def read(
@@ -787,7 +788,8 @@ class ParameterIndex:
         parameter without one) measured by the caller; ``grad_norms``: the norms of a loss's
         gradients by autograd (``AutogradNorms``), read with the weight norms; by default
         the norms of ``.grad``. One host sync in every case (two on the step a norm first
-        falls below ``TINY_NORM``: it is read again in float64).
+        falls below ``TINY_NORM``: it is read again in float64; two when the weights are
+        held and a gradient is not finite: the weights are read then).
 
         ``weights=False``: the gradients of ``.grad`` are read, and the weight norms are
         those of the last read that measured them (weights move by an update ratio of about
@@ -843,7 +845,7 @@ class ParameterIndex:
             if weight_values is None:
                 with torch.no_grad():
                     weight_values, extra = norms_and(self.params, also)
-        self._held_weights = list(weight_values)
+            self._held_weights = list(weight_values)
         nonfinite = not all(map(math.isfinite, grad_values))
         return self._rows(squares, weight_values), nonfinite, extra
 
