@@ -324,6 +324,26 @@ def test_a_fall_within_the_curves_own_noise_is_not_still_improving() -> None:
     assert f.evidence["curve_noise"] < 0.05 and f.evidence["noise_sigmas"] > 3.0
 
 
+def test_one_jittery_validation_point_is_weighed_against_both_curves_noise() -> None:
+    # validation and training losses fall as step^-0.5 (the training loss with a 1% jitter);
+    # the ninth validation point sits 14% above the line. From the validation line's own
+    # five residuals the slope stands 2.5 errors below flat, short of 3; with the noise pooled
+    # from both lines' residuals (6 degrees of freedom) it stands 3.5
+    train = [1.2776, 0.8855, 0.7376, 0.6261, 0.5713, 0.5112, 0.4829, 0.4427, 0.4259, 0.396]
+    val = [1.3914, 0.9839, 0.8033, 0.6957, 0.6223, 0.568, 0.5259, 0.4919, 0.5287, 0.44]
+    steps = np.arange(10, 101, 10, dtype=float)
+    own = fit.power_trend(steps, np.array(val))
+    assert own is not None and 2.4 < own.sigmas < 2.6
+    (f,) = fit.detect(_with_evals(make_trace(), train, val))
+    assert f.kind == "still_improving" and f.severity == "warning"
+    assert f.evidence["noise_sigmas"] == pytest.approx(3.49, abs=0.01)
+    # the same jitter in the training curve as well: the curves are that noisy, and the
+    # pooled error (2.35 errors) says so
+    jittery = train[:8] + [0.4856, 0.396]
+    found = fit.detect(_with_evals(make_trace(), jittery, val))
+    assert "still_improving" not in {f.kind for f in found}
+
+
 def test_a_falling_validation_loss_beside_a_flat_training_loss_is_not_still_improving() -> None:
     # the validation loss falls like a power law while the training loss stays level: the
     # model is not fitting its data any better, so more steps would not keep the fall going

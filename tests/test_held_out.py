@@ -8,11 +8,14 @@ half only. Measured on 2026-12-02 (docs/calibration.md, 30 held-out cases): reca
 healthy runs with a warning 0 / 27, pairs with an alarm outside their labels 0 / 90, no
 crash. The bounds below are the project's targets where they are met (no healthy warning,
 off-label <= 5%, no crash) and, for recall, one pair of slack beyond the misses of the worst
-CPU seen. The recall target (95%) is met on the machine of 2026-12-02 (70 / 72, 97.2%) and
-not on the AMD EPYC of 2026-12-03 (68 / 72, 94.4%: the two pairs lost there are
-still-improving-bn-cnn1d-mnist1d at seed 0, a curve with one bump in its last half, see
-tests/test_calibration.CPU_MARGINAL, and diverging-cnn-sgd-high-lr-digits at seed 1, already
-borderline in docs/calibration.md), so it is reported, not asserted.
+CPU seen. The recall target (95%) was met on the machine of 2026-12-02 (70 / 72, 97.2%) and
+missed on the AMD EPYC of 2026-12-03 (68 / 72, 94.4%), until the still_improving slope's
+error was pooled from the validation and training curves' residuals (detectors/fit.py):
+69 / 72 (95.8%) there. The pair regained is still-improving-bn-cnn1d-mnist1d at seed 0, a
+curve with one bump in its last half (tests/test_calibration.CPU_MARGINAL). The 3 misses
+left are diverging-cnn-sgd-high-lr-digits at seed 1 (borderline in docs/calibration.md) and
+two still-improving runs. Asserting 95% would leave no pair of slack on that CPU, so it is
+reported, not asserted.
 """
 
 from __future__ import annotations
@@ -31,5 +34,5 @@ def test_the_held_out_half_at_three_seeds() -> None:
     print(figures)
     assert figures["pairs"] == 3 * len(held_out) and figures["crashes"] == 0
     assert figures["off_label"] <= 0.05 * figures["pairs"], figures  # target: <= 5%
-    assert figures["found"] >= figures["expected"] - 5, figures  # 2 or 4 missed, by CPU
+    assert figures["found"] >= figures["expected"] - 4, figures  # 2-3 missed, by CPU
     assert figures["healthy_warned"] == 0, figures  # the target, met since 2026-12-02
